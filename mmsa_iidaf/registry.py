@@ -1,0 +1,332 @@
+"""The one place that touches MMSA's internals: models, trainers, config, datasets and metrics.
+
+MMSA 2.2.1 has no plugin API: its model and trainer maps are built inside `AMIO.__init__` and
+`ATIO.__init__`, its config comes from one packaged JSON file, `MMDataset` knows three datasets
+and `MetricsTop` three metric sets. `install()` (run by `import mmsa_iidaf`) opens each of these
+to registration by name, applies the runtime fixes of `compat`, and puts this plugin's `MMSA_run`
+in MMSA's place. Nothing installed on disk is edited.
+
+Adding a model:  register_model("name", ModelClass, TrainerClass) and a "name" section in
+configs/config_regression.json (and config_tune.json for `-t`).
+Adding a dataset: register_dataset("name", task=..., metrics=..., label_range=...) and a
+"datasetCommonParams" entry for it in the same config files.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from easydict import EasyDict as edict
+
+from . import compat, runs
+from .errors import ConfigError, UnknownNameError
+
+logger = logging.getLogger("MMSA")
+
+MetricsFactory = Callable[[str], Callable]  # train_mode -> metrics(y_pred, y_true) -> dict
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    model: type
+    trainer: type
+    # Whether the model trains with cross-entropy on a classification dataset; MMSA's models
+    # regress the label, and their output is thresholded by the dataset's metrics.
+    classification: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    task: str  # "regression" or "classification"
+    metrics: MetricsFactory
+    label_range: tuple[float, float]
+    num_classes: int = 1
+
+
+MODELS: dict[str, ModelEntry] = {}
+DATASETS: dict[str, DatasetEntry] = {}
+# Config sections given at registration, merged over configs/ (per kind: "regression", "tune").
+REGISTERED_CONFIG: dict[str, dict] = {"regression": {}, "tune": {}}
+# Called with each MMDataset after it has loaded its split (modality selection, caches).
+DATA_HOOKS: list[Callable] = []
+
+
+def register_model(name: str, model: type, trainer: type, *, classification: bool = False,
+                   config: dict | None = None, tune_config: dict | None = None) -> None:
+    """Make `name` a model of MMSA. `config`/`tune_config`: its section of config_regression.json
+    / config_tune.json ({"commonParams": ..., "datasetParams": ...}), when not in configs/."""
+    import MMSA.run
+
+    name = name.lower()
+    MODELS[name] = ModelEntry(name, model, trainer, classification)
+    if name.upper() not in map(str.upper, MMSA.run.SUPPORTED_MODELS):
+        MMSA.run.SUPPORTED_MODELS.append(name)
+    for kind, section in (("regression", config), ("tune", tune_config)):
+        if section is not None:
+            REGISTERED_CONFIG[kind][name] = section
+
+
+def register_dataset(name: str, *, task: str, metrics: MetricsFactory,
+                     label_range: tuple[float, float], num_classes: int = 1,
+                     config: dict | None = None) -> None:
+    """Make `name` a dataset of MMSA, read from MMSA's standard feature-pickle layout.
+    `config`: its datasetCommonParams entry ({"unaligned": {...}, "aligned": {...}}), when not
+    in configs/."""
+    if task not in ("regression", "classification"):
+        raise ValueError(f"task must be 'regression' or 'classification', not {task!r}")
+    import MMSA.run
+
+    name = name.lower()
+    DATASETS[name] = DatasetEntry(name, task, metrics, label_range, num_classes)
+    if name.upper() not in MMSA.run.SUPPORTED_DATASETS:
+        MMSA.run.SUPPORTED_DATASETS.append(name.upper())
+    if config is not None:
+        for kind in REGISTERED_CONFIG:
+            REGISTERED_CONFIG[kind].setdefault("datasetCommonParams", {})[name] = config
+
+
+# MMSA's own models, as its CLI offers them (MMSA.run.SUPPORTED_MODELS also lists ours).
+MMSA_MODELS = ("lf_dnn", "ef_lstm", "tfn", "lmf", "mfn", "graph_mfn", "mult", "bert_mag", "misa",
+               "mfm", "mlf_dnn", "mtfn", "mlmf", "self_mm", "mmim")
+
+
+def mmsa_model_names() -> list[str]:
+    return [name for name in MMSA_MODELS if name not in MODELS]
+
+
+def model_names() -> list[str]:
+    return mmsa_model_names() + sorted(MODELS)
+
+
+def dataset_names() -> list[str]:
+    return ["mosi", "mosei", "sims"] + sorted(DATASETS)
+
+
+def check_names(model_name: str, dataset_name: str) -> None:
+    if model_name.lower() not in model_names():
+        raise UnknownNameError(
+            f"unknown model '{model_name}': choose one of {', '.join(model_names())}"
+        )
+    if dataset_name.lower() not in dataset_names():
+        raise UnknownNameError(
+            f"unknown dataset '{dataset_name}': choose one of {', '.join(dataset_names())}"
+        )
+
+
+def dataset_task(dataset_name: str) -> str:
+    entry = DATASETS.get(dataset_name.lower())
+    return entry.task if entry else "regression"
+
+
+def label_range(dataset_name: str) -> tuple[float, float] | None:
+    entry = DATASETS.get(dataset_name.lower())
+    if entry:
+        return entry.label_range
+    return {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0)}[dataset_name.lower()]
+
+
+def train_mode(model_name: str, dataset_name: str) -> str:
+    """Cross-entropy only where both the dataset and the model are built for it."""
+    entry = MODELS.get(model_name.lower())
+    if dataset_task(dataset_name) == "classification" and entry and entry.classification:
+        return "classification"
+    return "regression"
+
+
+def metrics_for(args) -> Callable:
+    """MMSA's metric function for the run's dataset and train mode (plugin datasets included)."""
+    from MMSA.utils.metricsTop import MetricsTop
+
+    return MetricsTop(args["train_mode"]).getMetics(args["dataset_name"])
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid JSON ({error}): fix or remove it")
+
+
+def mmsa_config_file(kind: str) -> Path:
+    import MMSA
+
+    return Path(MMSA.__file__).parent / "config" / f"config_{kind}.json"
+
+
+def plugin_config_dir() -> Path:
+    """The plugin's `configs/`: the repository's top-level folder in a source checkout or an
+    editable install, `mmsa_iidaf/configs` in an installed wheel."""
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def merged_config(kind: str, config_file: str | Path | None = None) -> dict:
+    """MMSA's packaged config; over it the plugin's `configs/`, then sections given at
+    registration, then a user's config file."""
+    config = _read_json(mmsa_config_file(kind))
+    config = _deep_merge(config, _read_json(plugin_config_dir() / f"config_{kind}.json"))
+    config = _deep_merge(config, REGISTERED_CONFIG[kind])
+    if config_file and Path(config_file).resolve() != mmsa_config_file(kind).resolve():
+        config = _deep_merge(config, _read_json(Path(config_file)))
+    return config
+
+
+def _config_with(getter: Callable, kind: str) -> Callable:
+    """Wrap MMSA's get_config_* so that it reads the merged config; MMSA's own selection logic
+    (aligned/unaligned, random choice when tuning) stays MMSA's."""
+
+    def get_config(model_name, dataset_name, config_file=""):
+        merged = merged_config(kind, config_file or None)
+        if model_name not in merged:
+            raise ConfigError(
+                f"no '{model_name}' section in the config ({config_file or 'defaults'}): "
+                f"add one or drop -c"
+            )
+        if dataset_name not in merged["datasetCommonParams"]:
+            raise ConfigError(f"no datasetCommonParams entry for '{dataset_name}' in the config")
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(merged, f)
+        try:
+            return getter(model_name, dataset_name, f.name)
+        finally:
+            Path(f.name).unlink()
+
+    get_config.__wrapped__ = getter
+    return get_config
+
+
+def config_for(model_name: str, dataset_name: str, config_file=None, *, tune: bool = False):
+    """The config MMSA_run would start from (before `config=` overrides)."""
+    import MMSA.config
+
+    getter = MMSA.config.get_config_tune if tune else MMSA.config.get_config_regression
+    return getter(model_name.lower(), dataset_name.lower(), str(config_file or ""))
+
+
+# --- MMSA hooks -------------------------------------------------------------------------------
+
+def _amio_init(original: Callable) -> Callable:
+    def __init__(self, args):
+        entry = MODELS.get(args["model_name"])
+        if entry is None:
+            return original(self, args)
+        torch.nn.Module.__init__(self)
+        self.need_model_aligned = args.get("need_model_aligned", None)
+        if self.need_model_aligned:
+            from MMSA.models.subNets import AlignSubNet
+
+            self.alignNet = AlignSubNet(args, "avg_pool")
+            if "seq_lens" in args.keys():
+                args["seq_lens"] = self.alignNet.get_seq_len()
+        self.Model = entry.model(args)
+
+    return __init__
+
+
+def _atio_get_train(original: Callable) -> Callable:
+    def getTrain(self, args):
+        entry = MODELS.get(args["model_name"])
+        return entry.trainer(args) if entry else original(self, args)
+
+    return getTrain
+
+
+def _dataset_init(original: Callable) -> Callable:
+    def __init__(self, args, mode="train"):
+        if args["dataset_name"] in DATASETS:
+            # Plugin datasets use MMSA's standard pickle layout: MMSA's own reader loads them.
+            self.mode, self.args = mode, args
+            self._MMDataset__init_mosi()
+        else:
+            original(self, args, mode)
+        for hook in DATA_HOOKS:
+            hook(self)
+
+    return __init__
+
+
+def _metrics_init(original: Callable) -> Callable:
+    def __init__(self, train_mode):
+        original(self, train_mode)
+        self.train_mode = train_mode
+
+    return __init__
+
+
+def _get_metrics(original: Callable) -> Callable:
+    def getMetics(self, datasetName):
+        entry = DATASETS.get(datasetName.lower())
+        return entry.metrics(self.train_mode) if entry else original(self, datasetName)
+
+    return getMetics
+
+
+def _select_modalities(dataset) -> None:
+    """MMSA's models cannot drop a modality: the features of those not asked for are zeroed (for
+    `iidaf`, which builds no branch for them, this changes nothing)."""
+    modalities = dataset.args.get("modalities", "tav")
+    for letter, attribute in (("t", "text"), ("a", "audio"), ("v", "vision")):
+        if letter not in modalities:
+            setattr(dataset, attribute, np.zeros_like(getattr(dataset, attribute)))
+
+
+_installed = False
+
+
+def install() -> None:
+    """Open MMSA to registration, apply the runtime fixes, and register this plugin (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    import MMSA
+    import MMSA.config
+    import MMSA.run
+    from MMSA.data_loader import MMDataset
+    from MMSA.models.AMIO import AMIO
+    from MMSA.trains.ATIO import ATIO
+    from MMSA.utils.metricsTop import MetricsTop
+
+    compat.apply_all()
+    AMIO.__init__ = _amio_init(AMIO.__init__)
+    ATIO.getTrain = _atio_get_train(ATIO.getTrain)
+    MMDataset.__init__ = _dataset_init(MMDataset.__init__)
+    MetricsTop.__init__ = _metrics_init(MetricsTop.__init__)
+    MetricsTop.getMetics = _get_metrics(MetricsTop.getMetics)
+    for module in (MMSA.config, MMSA.run):
+        module.get_config_regression = _config_with(MMSA.config.get_config_regression, "regression")
+        module.get_config_tune = _config_with(MMSA.config.get_config_tune, "tune")
+    compat.RUN_HOOKS["before"].append(runs.prepare_args)
+    compat.RUN_HOOKS["after"].append(runs.record_seed)
+
+    DATA_HOOKS.append(_select_modalities)
+
+    from . import plugin
+
+    plugin.register_all()
+    fixed_mmsa_run = MMSA.run.MMSA_run
+    entry_point = runs.make_mmsa_run(fixed_mmsa_run)
+    MMSA.MMSA_run = MMSA.run.MMSA_run = entry_point
+    _installed = True

