@@ -1,0 +1,183 @@
+"""Tests of the reusable loss pieces: CMD, HSIC, InfoNCE and the conditional-MI discriminator."""
+
+import math
+
+import torch
+
+from mmsa_iidaf.losses import (
+    ConditionalMIDiscriminator,
+    InfoNCE,
+    cmd,
+    hsic,
+    knn_negative_indices,
+    knn_negative_labels,
+)
+
+
+def test_cmd_is_zero_with_finite_gradient_for_identical_inputs():
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, requires_grad=True)
+    value = cmd(x, x, n_moments=5)
+    value.backward()
+    assert value.item() < 1e-6
+    assert torch.isfinite(x.grad).all()
+
+
+def test_cmd_gradient_is_finite_when_two_tensors_have_equal_moments():
+    torch.manual_seed(0)
+    base = torch.randn(32, 8)
+    x1 = base.clone().requires_grad_(True)
+    x2 = base.clone().requires_grad_(True)
+    cmd(x1, x2).backward()
+    assert torch.isfinite(x1.grad).all() and torch.isfinite(x2.grad).all()
+
+
+def test_cmd_grows_with_distribution_shift():
+    # Uniform samples on a bounded interval, the setting CMD is defined for.
+    torch.manual_seed(0)
+    x = torch.rand(256, 8)
+    same_distribution = cmd(x, torch.rand(256, 8))
+    mean_shifted = cmd(x, torch.rand(256, 8) + 0.5)
+    scale_shifted = cmd(x, 0.5 * torch.rand(256, 8))
+    assert same_distribution < 0.2
+    assert mean_shifted > 5 * same_distribution
+    assert scale_shifted > 5 * same_distribution
+
+
+def test_cmd_counts_moments_from_the_mean_up():
+    # Zero-mean inputs that differ only in the second moment: the first moment adds nothing, so
+    # CMD_1 is ~0 and CMD_2 picks up the variance difference.
+    x1 = torch.tensor([[-1.0], [1.0]])
+    x2 = torch.tensor([[-2.0], [2.0]])
+    assert cmd(x1, x2, n_moments=1).item() == 0.0
+    assert math.isclose(cmd(x1, x2, n_moments=2).item(), 3.0)
+
+
+def test_hsic_small_for_independent_and_larger_for_dependent_samples():
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    independent = hsic(x, torch.randn(256, 8))
+    dependent = hsic(x, torch.tanh(x @ torch.randn(8, 8)) + 0.3 * torch.randn(256, 8))
+    assert 0 <= independent.item() < 2e-3
+    assert dependent > 5 * independent
+
+
+def test_hsic_matches_trace_formula_with_explicit_centring_matrix():
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3), torch.randn(20, 5)
+    sigma = 1.5
+    batch = x.shape[0]
+    gram_x = torch.exp(-torch.cdist(x, x).pow(2) / (2 * sigma**2))
+    gram_y = torch.exp(-torch.cdist(y, y).pow(2) / (2 * sigma**2))
+    centring = torch.eye(batch) - torch.ones(batch, batch) / batch
+    expected = torch.trace(gram_x @ centring @ gram_y @ centring) / (batch - 1) ** 2
+    assert torch.allclose(hsic(x, y, sigma=sigma), expected, atol=1e-6)
+
+
+def test_hsic_bandwidth_is_detached_and_gradient_finite():
+    torch.manual_seed(0)
+    x = torch.randn(32, 4, requires_grad=True)
+    y = (x.detach() ** 2 + 0.1 * torch.randn(32, 4)).requires_grad_(True)
+    hsic(x, y).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+
+
+def test_hsic_degenerate_batches_are_zero():
+    assert hsic(torch.randn(1, 4), torch.randn(1, 4)).item() == 0.0
+    constant = torch.ones(8, 4)
+    assert abs(hsic(constant, torch.randn(8, 4)).item()) < 1e-7
+
+
+def test_infonce_lower_for_aligned_pairs_after_short_fit():
+    torch.manual_seed(0)
+    dim_x, dim_y, batch = 8, 6, 64
+    mixing = torch.randn(dim_x, dim_y)
+    x = torch.randn(512, dim_x)
+    y = x @ mixing + 0.1 * torch.randn(512, dim_y)
+    critic = InfoNCE(dim_x, dim_y, proj_dim=16, hidden=32)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=3e-3)
+    for _ in range(100):
+        rows = torch.randint(0, 512, (batch,))
+        loss = critic(x[rows], y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x_test = torch.randn(batch, dim_x)
+    y_test = x_test @ mixing + 0.1 * torch.randn(batch, dim_y)
+    with torch.no_grad():
+        aligned = critic(x_test, y_test)
+        shuffled = critic(x_test, y_test[torch.randperm(batch)])
+    assert aligned < shuffled
+    assert aligned < 0.5 * math.log(batch)
+
+
+def test_infonce_single_sample_batch_is_zero():
+    critic = InfoNCE(3, 3, proj_dim=4)
+    assert critic(torch.randn(1, 3), torch.randn(1, 3)).item() == 0.0
+
+
+def test_knn_negatives_exclude_self_and_come_from_nearest():
+    # Points on a line: the neighbours of i are i-1 and i+1 (k = 2).
+    r = torch.arange(10, dtype=torch.float32).unsqueeze(1)
+    torch.manual_seed(0)
+    indices = knn_negative_indices(r, k=2)
+    positions = torch.arange(10)
+    assert (indices != positions).all()
+    assert ((indices - positions).abs() <= 2).all()
+    assert ((indices - positions).abs() == 1).sum() >= 8  # only the two ends reach distance 2
+
+
+def test_knn_negatives_reproduce_under_seed_and_handle_small_batches():
+    r, z = torch.randn(6, 4), torch.randn(6, 3)
+    torch.manual_seed(3)
+    first = knn_negative_labels(r, z, k=3)
+    torch.manual_seed(3)
+    second = knn_negative_labels(r, z, k=3)
+    assert torch.equal(first, second)
+    small = knn_negative_indices(torch.randn(3, 4), k=10)  # fewer than k + 1 samples
+    assert (small != torch.arange(3)).all()
+    assert knn_negative_indices(torch.randn(1, 4), k=5).tolist() == [0]
+
+
+def _conditional_triples(n: int, u_depends_on_z_given_r: bool):
+    """z = r + e. Dependent case: u is a noisy copy of e (u depends on z given r).
+    Independent case: u is a function of r plus fresh noise (u independent of z given r)."""
+    r = torch.randn(n, 2)
+    e = torch.randn(n, 2)
+    z = r + e
+    u = e + 0.3 * torch.randn(n, 2) if u_depends_on_z_given_r else r.pow(2) + 0.3 * torch.randn(n, 2)
+    return u, z, r
+
+
+def _fit_and_evaluate_discriminator(u_depends_on_z_given_r: bool):
+    torch.manual_seed(0)
+    discriminator = ConditionalMIDiscriminator(2, 2, 2, hidden=32)
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=3e-3)
+    u, z, r = _conditional_triples(2048, u_depends_on_z_given_r)
+    for _ in range(120):
+        rows = torch.randint(0, 2048, (128,))
+        z_neg = knn_negative_labels(r[rows], z[rows], k=3)
+        loss = discriminator.discriminator_loss(u[rows], z[rows], r[rows], z_neg)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    u_test, z_test, r_test = _conditional_triples(1024, u_depends_on_z_given_r)
+    z_neg = knn_negative_labels(r_test, z_test, k=3)
+    with torch.no_grad():
+        positives = discriminator(u_test, z_test, r_test)
+        negatives = discriminator(u_test, z_neg, r_test)
+        accuracy = ((positives > 0).float().mean() + (negatives <= 0).float().mean()) / 2
+        estimate = discriminator.estimate(u_test, z_test, r_test, z_neg)
+    return accuracy.item(), estimate.item()
+
+
+def test_discriminator_detects_planted_conditional_dependence():
+    accuracy, estimate = _fit_and_evaluate_discriminator(u_depends_on_z_given_r=True)
+    assert accuracy > 0.75
+    assert estimate > 2.0
+
+
+def test_discriminator_near_chance_under_conditional_independence():
+    accuracy, estimate = _fit_and_evaluate_discriminator(u_depends_on_z_given_r=False)
+    assert 0.4 < accuracy < 0.6
+    assert abs(estimate) < 0.5
