@@ -1,0 +1,144 @@
+"""§2.1 multimodal feature encoding (eq. 1): x_m = Transformer_m(PE(Conv1D_m(i_m))), then one
+Transformer encoder shared by all modalities gives X_m, pooled over time to one vector per sample.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+# Feed-forward width of every Transformer layer, as a multiple of D. The paper does not give it;
+# 4 is the ratio of the original Transformer and of MulT (Tsai et al., 2019), which §2.1 cites.
+FEEDFORWARD_RATIO = 4
+
+
+def sinusoidal_positions(length: int, width: int, device=None, dtype=None) -> Tensor:
+    """(length, width) sinusoidal position encoding (Vaswani et al., 2017): sin on even channels,
+    cos on odd ones, wavelengths from 2π to 10000·2π."""
+    position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(
+        torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / width)
+    )
+    table = torch.zeros(length, width, device=device, dtype=torch.float32)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : width // 2]
+    return table.to(dtype) if dtype is not None else table
+
+
+def transformer_encoder(width: int, layers: int, heads: int, dropout: float) -> nn.TransformerEncoder:
+    """A post-norm torch TransformerEncoder on (B, L, width) with the project's fixed choices."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=width, nhead=heads, dim_feedforward=FEEDFORWARD_RATIO * width,
+        dropout=dropout, batch_first=True,
+    )
+    # Nested tensors would drop padded positions only in eval mode; keeping the dense path makes
+    # train and eval compute the same function (and silences torch's warning about it).
+    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+
+
+def padding_mask(lengths, max_length: int, device) -> Tensor:
+    """(B, L) bool, True at padded positions (torch's `src_key_padding_mask` convention).
+
+    Lengths below 1 are read as 1: a sample with every position masked would give NaN attention.
+    """
+    lengths = torch.as_tensor(lengths, device=device).long().clamp(1, max_length)
+    return torch.arange(max_length, device=device).unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+def pool_over_time(sequence: Tensor, mask: Tensor | None, mode: str) -> Tensor:
+    """(B, L, D) -> (B, D), ignoring padded positions (mask True = pad).
+
+    'mean' (the default; the paper leaves pooling open): the masked average keeps every real time
+    step's contribution and, unlike 'last', does not depend on where padding starts.
+    'max': masked channel-wise maximum. 'last': the last real time step.
+    """
+    if mask is None:
+        mask = torch.zeros(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
+    keep = (~mask).unsqueeze(-1)
+    if mode == "mean":
+        return (sequence * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1)
+    if mode == "max":
+        return sequence.masked_fill(~keep, torch.finfo(sequence.dtype).min).max(dim=1).values
+    last = (keep.squeeze(-1).sum(dim=1) - 1).clamp_min(0)
+    return sequence[torch.arange(sequence.shape[0], device=sequence.device), last]
+
+
+class ModalityEncoder(nn.Module):
+    """Eq. 1 for one modality: Conv1D projection to D, sinusoidal PE, a per-modality Transformer."""
+
+    def __init__(self, input_dim: int, width: int, kernel_size: int, layers: int, heads: int,
+                 dropout: float):
+        super().__init__()
+        # 'same' padding keeps the sequence length, so length-1 sequences (utterance-level
+        # features) pass through any kernel size; torch pads even kernels asymmetrically.
+        self.projection = nn.Conv1d(input_dim, width, kernel_size, padding="same")
+        self.dropout = nn.Dropout(dropout)
+        self.transformer = transformer_encoder(width, layers, heads, dropout)
+
+    def forward(self, sequence: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, L, input_dim) and (B, L) padding mask or None -> x_m (B, L, D)."""
+        if mask is not None:
+            # Padded steps must not leak into real ones through the convolution window.
+            sequence = sequence.masked_fill(mask.unsqueeze(-1), 0.0)
+        projected = self.projection(sequence.transpose(1, 2)).transpose(1, 2)
+        positions = sinusoidal_positions(projected.shape[1], projected.shape[2],
+                                         device=projected.device, dtype=projected.dtype)
+        return self.transformer(self.dropout(projected + positions), src_key_padding_mask=mask)
+
+
+class MultimodalEncoder(nn.Module):
+    """§2.1: per-modality encoders, then ONE shared Transformer applied to each x_m → X_m, pooled.
+
+    The shared encoder runs on each modality's sequence separately with the same weights
+    (METHOD.md §1: "models each x_m again"); it does not attend across modalities, so each X_m
+    stays a feature of its own modality, which is what IAMD disentangles per modality.
+
+    Text comes from a BERT-family `TextEncoder` over MMSA's `text_bert` (B, 3, L) when `text_encoder`
+    is given (mask = row 1, the attention mask), else it is precomputed `text` features (B, L, Dt)
+    with no mask (MMSA gives no text lengths). Audio and vision are masked by their lengths when
+    given (MMSA's unaligned data), else every step is real.
+    """
+
+    def __init__(self, modalities: str, input_dims: dict[str, int], width: int, kernel_size: int,
+                 layers: dict[str, int], heads: dict[str, int], shared_layers: int,
+                 shared_heads: int, dropout: float, pooling: str,
+                 text_encoder: nn.Module | None = None):
+        super().__init__()
+        self.modalities = modalities
+        self.pooling = pooling
+        self.text_encoder = text_encoder
+        if text_encoder is not None:
+            input_dims = {**input_dims, "t": text_encoder.hidden_size}
+        self.modality_encoders = nn.ModuleDict({
+            m: ModalityEncoder(input_dims[m], width, kernel_size, layers[m], heads[m], dropout)
+            for m in modalities
+        })
+        self.shared_encoder = transformer_encoder(width, shared_layers, shared_heads, dropout)
+
+    def _text_sequence(self, text: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.text_encoder is None:
+            return text, None
+        mask = text[:, 1, :] == 0
+        # Position 0 is [CLS], always real; keeping it unmasked also protects an empty transcript
+        # from a fully masked row (NaN attention).
+        mask[:, 0] = False
+        return self.text_encoder(text), mask
+
+    def forward(self, inputs: dict[str, Tensor], lengths: dict[str, object]) -> dict[str, Tensor]:
+        """inputs: {m: raw input} for the built modalities; lengths: {m: (B,) lengths or None}.
+
+        Returns {m: X_m pooled over time, (B, D)}.
+        """
+        pooled = {}
+        for m in self.modalities:
+            if m == "t":
+                sequence, mask = self._text_sequence(inputs[m])
+            else:
+                sequence = inputs[m]
+                mask = (None if lengths.get(m) is None
+                        else padding_mask(lengths[m], sequence.shape[1], sequence.device))
+            encoded = self.modality_encoders[m](sequence, mask)
+            encoded = self.shared_encoder(encoded, src_key_padding_mask=mask)
+            pooled[m] = pool_over_time(encoded, mask, self.pooling)
+        return pooled

@@ -1,0 +1,114 @@
+"""§2.5 the joint objective (eq. 23):
+L = L_T + λ1 L_IN + λ2 L_S + λ3 L_H + λ4 L_RE + λ5 L_MI.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmsa_iidaf.losses import cmd, hsic
+
+from .iamd import invertibility_loss, reconstruction_loss
+from .settings import iidaf_settings
+
+CMD_MOMENTS = 5  # K of eq. 12-13
+TERMS = ("L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_R", "L_C")
+
+
+def _mean(values: list[Tensor]) -> Tensor:
+    return torch.stack(values).mean()
+
+
+class IIDAFObjective:
+    """Eq. 23 for an `IIDAF` built from the same config.
+
+    A term is computed only when its λ is > 0 and its module exists (L_IN and L_RE need IAMD, L_MI
+    needs MIC, L_S needs two modalities); otherwise it is reported as a 0.0 tensor with no graph.
+    With fewer than three modalities, the paper's 1/3 averages become averages over what exists:
+    L_S is the mean CMD over modality pairs, and L_H the mean HSIC over pairs of specific features
+    plus the mean over modalities of HSIC(r_m, u_m) — with three modalities exactly eq. 13 and 15.
+    """
+
+    def __init__(self, args):
+        self.settings = iidaf_settings(args)
+        self.train_mode = self.settings.train_mode
+        self.weights = {
+            "L_IN": float(self.settings.lambda_in),
+            "L_S": float(self.settings.lambda_s),
+            "L_H": float(self.settings.lambda_h),
+            "L_RE": float(self.settings.lambda_re),
+            "L_MI": float(self.settings.lambda_mi),
+        }
+
+    def task_targets(self, labels: Tensor) -> Tensor:
+        """MMSA labels (B,) or (B, 1) -> (B, 1) float scores (regression) or (B,) long classes."""
+        if self.train_mode == "regression":
+            return labels.reshape(-1, 1).float()
+        return labels.reshape(-1).long()
+
+    def task_loss(self, prediction: Tensor, labels: Tensor) -> Tensor:
+        """L_T: MSE for regression, cross-entropy for classification (§2.5)."""
+        targets = self.task_targets(labels)
+        if self.train_mode == "regression":
+            return F.mse_loss(prediction, targets)
+        return F.cross_entropy(prediction, targets)
+
+    def __call__(self, model, outputs: dict, labels: Tensor) -> dict[str, Tensor]:
+        """Returns {'L_T', 'L_IN', 'L_S', 'L_H', 'L_RE', 'L_MI', 'L_R', 'L_C', 'total'} scalars."""
+        targets = self.task_targets(labels)
+        prediction = outputs["M"]
+        zero = prediction.new_zeros(())
+        terms = dict.fromkeys(TERMS, zero)
+        terms["L_T"] = self.task_loss(prediction, targets)
+
+        shared, specific = outputs["shared"], outputs["specific"]
+        modalities = list(shared)
+        pairs = list(combinations(modalities, 2))
+        use_iamd = bool(self.settings.use_iamd)
+        if self.weights["L_IN"] > 0 and use_iamd:
+            recovered = self._require(outputs["latent_recovered"], "F⁻¹ outputs (L_IN)")
+            terms["L_IN"] = invertibility_loss(recovered, outputs["latent"])
+        if self.weights["L_RE"] > 0 and use_iamd:
+            reconstruction = self._require(outputs["reconstruction"], "a decoder (L_RE)")
+            terms["L_RE"] = reconstruction_loss(reconstruction, outputs["encoded"])
+        if self.weights["L_S"] > 0 and pairs:
+            terms["L_S"] = _mean([cmd(shared[a], shared[b], CMD_MOMENTS) for a, b in pairs])
+        if self.weights["L_H"] > 0:
+            own = _mean([hsic(shared[m], specific[m]) for m in modalities])
+            across = _mean([hsic(specific[a], specific[b]) for a, b in pairs]) if pairs else zero
+            terms["L_H"] = across + own
+        if self.weights["L_MI"] > 0 and self.settings.use_mic:
+            mic = self._require(model.mic, "a MIC module (L_MI)")
+            mutual_information = mic(shared, specific, targets, self.train_mode)
+            terms.update({key: mutual_information[key] for key in ("L_R", "L_C", "L_MI")})
+
+        total = terms["L_T"]
+        for key, weight in self.weights.items():
+            if weight > 0:
+                total = total + weight * terms[key]
+        terms["total"] = total
+        return terms
+
+    @staticmethod
+    def _require(part, what: str):
+        if part is None or (isinstance(part, dict) and not part):
+            raise ValueError(
+                f"IIDAFObjective needs {what}, which the model does not have: build the model and "
+                f"the objective from the same config"
+            )
+        return part
+
+    def discriminator_loss(self, model, outputs: dict, labels: Tensor) -> Tensor | None:
+        """MIC's discriminator loss (BCE of φ, eq. 18) on detached features; None without MIC.
+
+        The trainer steps φ's optimizer on it separately from the main loss.
+        """
+        if self.weights["L_MI"] == 0 or not self.settings.use_mic:
+            return None
+        mic = self._require(model.mic, "a MIC module (L_MI)")
+        shared = {m: r.detach() for m, r in outputs["shared"].items()}
+        specific = {m: u.detach() for m, u in outputs["specific"].items()}
+        return mic.discriminator_loss(shared, specific, self.task_targets(labels), self.train_mode)

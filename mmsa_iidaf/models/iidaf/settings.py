@@ -1,0 +1,105 @@
+"""The IIDAF config keys, their defaults, and their checks, in one place.
+
+The model and the objective both read `args` (an EasyDict from MMSA's config machinery) through
+`iidaf_settings`, so a key has one name, one default and one validity check.
+"""
+from __future__ import annotations
+
+from easydict import EasyDict
+
+from mmsa_iidaf.errors import ConfigError
+
+MODALITY_ORDER = "tav"  # the order of MMSA's per-modality lists: feature_dims, enc_layers, enc_heads
+
+# Defaults where the paper gives a value (Table 2, MOSI column; J = 3 in §2.2) or where it leaves
+# the choice open (d_model, pooling, conv kernel, shared encoder size, MIC widths).
+DEFAULTS = {
+    "use_bert": False,
+    "use_finetune": False,
+    "pretrained": "bert-base-uncased",
+    "d_model": 128,
+    "conv_kernel": 3,
+    "enc_layers": [3, 2, 2],
+    "enc_heads": [4, 2, 2],
+    "shared_layers": 1,
+    "shared_heads": 4,
+    "dropout": 0.1,
+    "pooling": "mean",
+    "householder_vectors": 3,
+    "mic_proj_dim": 64,
+    "disc_hidden": 128,
+    "knn_k": 5,
+    "modalities": "tav",
+    "use_iamd": True,
+    "use_mic": True,
+    "use_sgaff": True,
+    "lambda_in": 0.1,
+    "lambda_s": 0.05,
+    "lambda_h": 0.3,
+    "lambda_re": 0.2,
+    "lambda_mi": 0.1,
+    "train_mode": "regression",
+}
+POOLINGS = ("mean", "max", "last")
+TRAIN_MODES = ("regression", "classification")
+
+
+def _per_modality(value, key: str) -> dict[str, int]:
+    if isinstance(value, int):
+        return {m: value for m in MODALITY_ORDER}
+    if len(value) != len(MODALITY_ORDER):
+        raise ConfigError(
+            f"config '{key}' = {list(value)} must list one value per modality in the order t, a, v"
+        )
+    return {m: int(v) for m, v in zip(MODALITY_ORDER, value)}
+
+
+def iidaf_settings(args) -> EasyDict:
+    """Return `args` completed with the defaults above and checked; raises ConfigError on bad values.
+
+    Per-modality lists (feature_dims, enc_layers, enc_heads) come back as dicts keyed 't', 'a', 'v';
+    `output_dim` is added: 1 for regression, num_classes for classification.
+    """
+    settings = EasyDict({key: args.get(key, default) for key, default in DEFAULTS.items()})
+    if "feature_dims" not in args:
+        raise ConfigError("config key 'feature_dims' is missing: give the input widths [t, a, v]")
+    settings.feature_dims = _per_modality(args["feature_dims"], "feature_dims")
+    settings.enc_layers = _per_modality(settings.enc_layers, "enc_layers")
+    settings.enc_heads = _per_modality(settings.enc_heads, "enc_heads")
+
+    modalities = str(settings.modalities)
+    if not modalities or set(modalities) - set(MODALITY_ORDER) or len(set(modalities)) != len(modalities):
+        raise ConfigError(
+            f"config 'modalities' = '{modalities}' must be a non-empty subset of 'tav' without repeats"
+        )
+    settings.modalities = "".join(m for m in MODALITY_ORDER if m in modalities)
+
+    width = int(settings.d_model)
+    heads = {f"enc_heads[{m}]": settings.enc_heads[m] for m in settings.modalities}
+    heads["shared_heads"] = int(settings.shared_heads)
+    for key, head_count in heads.items():
+        if head_count < 1 or width % head_count:
+            raise ConfigError(f"config d_model = {width} must be divisible by {key} = {head_count}")
+    if settings.pooling not in POOLINGS:
+        raise ConfigError(f"config 'pooling' = '{settings.pooling}' must be one of {', '.join(POOLINGS)}")
+    if int(settings.conv_kernel) < 1:
+        raise ConfigError(f"config 'conv_kernel' = {settings.conv_kernel} must be at least 1")
+    if int(settings.householder_vectors) < 1:
+        raise ConfigError(
+            f"config 'householder_vectors' = {settings.householder_vectors} must be at least 1"
+        )
+    for key in ("lambda_in", "lambda_s", "lambda_h", "lambda_re", "lambda_mi"):
+        if float(settings[key]) < 0:
+            raise ConfigError(f"config '{key}' = {settings[key]} must be >= 0")
+
+    if settings.train_mode not in TRAIN_MODES:
+        raise ConfigError(
+            f"config 'train_mode' = '{settings.train_mode}' must be 'regression' or 'classification'"
+        )
+    if settings.train_mode == "classification":
+        if int(args.get("num_classes", 0)) < 2:
+            raise ConfigError("config 'num_classes' must be >= 2 when train_mode is 'classification'")
+        settings.output_dim = int(args["num_classes"])
+    else:
+        settings.output_dim = 1
+    return settings

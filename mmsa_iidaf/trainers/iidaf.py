@@ -1,0 +1,171 @@
+"""The IIDAF trainer: MMSA's trainer interface (`do_train`, `do_test`) on the joint objective.
+
+One epoch: for each batch, (1) one step of the conditional-MI discriminator φ on detached
+features (its own optimizer, eq. 18), then (2) one AdamW step of everything else on
+L = L_T + λ1 L_IN + λ2 L_S + λ3 L_H + λ4 L_RE + λ5 L_MI (eq. 23), where the model minimises φ's
+estimate. Then the validation split decides: a better `KeyEval` saves the checkpoint,
+`early_stop` epochs without one end training. The test split is never seen here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import TrainingDiverged
+from ..models.iidaf import IIDAFObjective
+from ..models.iidaf.objective import TERMS
+from ..registry import metrics_for
+
+logger = logging.getLogger("MMSA")
+
+LOWER_IS_BETTER = ("Loss", "MAE")
+
+
+def _batch_inputs(batch: dict, device) -> tuple:
+    """Model inputs of an MMSA batch: text, audio, vision and, for unaligned data, lengths."""
+    text, audio, vision = (batch[key].to(device) for key in ("text", "audio", "vision"))
+    lengths = {}
+    for key in ("audio_lengths", "vision_lengths"):
+        if key in batch:
+            lengths[key] = torch.as_tensor(batch[key], device=device)
+    return (text, audio, vision), lengths
+
+
+class IIDAFTrainer:
+    def __init__(self, args):
+        self.args = args
+        self.objective = IIDAFObjective(args)
+        self.metrics = metrics_for(args)
+        self.lower_is_better = args.KeyEval in LOWER_IS_BETTER
+
+    # --- training ------------------------------------------------------------------------
+
+    def _optimizers(self, iidaf) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+        args = self.args
+        groups = [{"params": [p for p in iidaf.main_parameters() if p.requires_grad],
+                   "lr": args.learning_rate}]
+        encoder = [p for p in iidaf.text_encoder_parameters() if p.requires_grad]
+        if encoder:  # fine-tuned BERT learns at its own rate (Table 2)
+            groups.append({"params": encoder, "lr": args.get("bert_learning_rate",
+                                                             args.learning_rate)})
+        main = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+        discriminator = None
+        if iidaf.discriminator_parameters():
+            discriminator = torch.optim.AdamW(
+                iidaf.discriminator_parameters(),
+                lr=args.get("disc_learning_rate", args.learning_rate),
+                weight_decay=args.weight_decay,
+            )
+        return main, discriminator
+
+    def _train_epoch(self, model, loader, optimizer, disc_optimizer, epoch: int) -> dict:
+        args, iidaf = self.args, model.Model
+        model.train()
+        sums, predictions, targets = defaultdict(float), [], []
+        for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False,
+                                          disable=None)):
+            inputs, lengths = _batch_inputs(batch, args.device)
+            labels = self.objective.task_targets(batch["labels"]["M"].to(args.device))
+            outputs = model(*inputs, **lengths)
+
+            if disc_optimizer is not None:
+                disc_loss = self.objective.discriminator_loss(iidaf, outputs, labels)
+                disc_optimizer.zero_grad()
+                disc_loss.backward()
+                disc_optimizer.step()
+                sums["L_phi"] += disc_loss.item()
+
+            losses = self.objective(iidaf, outputs, labels)
+            if not torch.isfinite(losses["total"]):
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                raise TrainingDiverged(
+                    f"seed {args.seed}, epoch {epoch}, batch {step}: the loss is not finite "
+                    f"({terms}); training stopped and the last good checkpoint "
+                    f"{args.model_save_path} is kept: lower learning_rate or the λ of the "
+                    f"diverging term"
+                )
+            optimizer.zero_grad()
+            losses["total"].backward()
+            if args.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(iidaf.main_parameters(), args.grad_clip)
+            optimizer.step()
+
+            for key, value in losses.items():
+                sums[key] += value.item()
+            predictions.append(outputs["M"].detach().cpu())
+            targets.append(labels.cpu())
+        means = {key: total / len(loader) for key, total in sums.items()}
+        results = self.metrics(torch.cat(predictions), torch.cat(targets))
+        results["Loss"] = means["L_T"]
+        terms = " ".join(f"{key}: {means[key]:.4f}" for key in ("total", *TERMS, "L_phi")
+                         if key in means)
+        logger.info(f"TRAIN-({args.model_name}) epoch {epoch} seed {args.seed} >> {terms}")
+        return results
+
+    def do_train(self, model, dataloader, return_epoch_results: bool = False):
+        args = self.args
+        optimizer, disc_optimizer = self._optimizers(model.Model)
+        best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
+        epoch_results = {"train": [], "valid": [], "test": []}
+        for epoch in range(1, int(args.get("max_epochs", 100)) + 1):
+            train_results = self._train_epoch(model, dataloader["train"], optimizer,
+                                              disc_optimizer, epoch)
+            valid_results = self.do_test(model, dataloader["valid"], mode="VAL")
+            current = valid_results[args.KeyEval]
+            improved = current < best - 1e-6 if self.lower_is_better else current > best + 1e-6
+            if improved:
+                best, best_epoch = current, epoch
+                torch.save(model.state_dict(), args.model_save_path)
+            logger.info(
+                f"EPOCH-({args.model_name}) {epoch}: valid {args.KeyEval} {current:.4f}, best "
+                f"{best:.4f} at epoch {best_epoch}{' (saved)' if improved else ''}"
+            )
+            if return_epoch_results:
+                epoch_results["train"].append(train_results)
+                epoch_results["valid"].append(valid_results)
+            if epoch - best_epoch >= args.early_stop:
+                break
+        return epoch_results if return_epoch_results else None
+
+    # --- evaluation -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, model, loader) -> dict:
+        """Predictions and the interpretable parts of the model for every sample of `loader`:
+        'M', 'M_shared', 'M_specific', 'gamma', per-modality 'shared'/'specific' features,
+        labels and ids, as numpy arrays in loader order."""
+        model.eval()
+        collected = defaultdict(list)
+        for batch in loader:
+            inputs, lengths = _batch_inputs(batch, self.args.device)
+            outputs = model(*inputs, **lengths)
+            collected["labels"].append(self.objective.task_targets(batch["labels"]["M"]))
+            collected["ids"].extend(batch["id"])
+            for key in ("M", "M_shared", "M_specific", "gamma"):
+                if outputs.get(key) is not None:
+                    collected[key].append(outputs[key].cpu())
+            for part in ("shared", "specific"):
+                for m, features in outputs[part].items():
+                    collected[f"{part}_{m}"].append(features.cpu())
+        return {key: value if key == "ids" else torch.cat(value).numpy()
+                for key, value in collected.items()}
+
+    def do_test(self, model, dataloader, mode: str = "VAL", return_sample_results: bool = False):
+        predicted = self.predict(model, dataloader)
+        prediction, labels = torch.from_numpy(predicted["M"]), torch.from_numpy(predicted["labels"])
+        results = self.metrics(prediction, labels)
+        results["Loss"] = round(self.objective.task_loss(prediction, labels).item(), 4)
+        logger.info(f"{mode}-({self.args.model_name}) >> "
+                    + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        if return_sample_results:
+            results["Ids"] = predicted["ids"]
+            results["SResults"] = predicted["M"].squeeze()
+            results["Labels"] = predicted["labels"].tolist()
+            results["Features"] = {k: v for k, v in predicted.items()
+                                   if k.startswith(("shared_", "specific_")) or k == "gamma"}
+        return results
