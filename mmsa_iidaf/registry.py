@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from easydict import EasyDict as edict
 
-from . import compat, runs
+from . import compat, encoder_cache, runs
 from .errors import ConfigError, UnknownNameError
+from .text_encoders import resolve_pretrained
 
 logger = logging.getLogger("MMSA")
 
@@ -50,6 +51,8 @@ class DatasetEntry:
     metrics: MetricsFactory
     label_range: tuple[float, float]
     num_classes: int = 1
+    # A model's settings for this dataset, when the config has none: those of this dataset.
+    settings_like: str | None = None
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -77,8 +80,10 @@ def register_model(name: str, model: type, trainer: type, *, classification: boo
 
 def register_dataset(name: str, *, task: str, metrics: MetricsFactory,
                      label_range: tuple[float, float], num_classes: int = 1,
-                     config: dict | None = None) -> None:
+                     settings_like: str | None = None, config: dict | None = None) -> None:
     """Make `name` a dataset of MMSA, read from MMSA's standard feature-pickle layout.
+    `metrics(train_mode)` returns the metric function; `settings_like`: a dataset whose
+    per-model settings (datasetParams) a model uses here when the config gives none;
     `config`: its datasetCommonParams entry ({"unaligned": {...}, "aligned": {...}}), when not
     in configs/."""
     if task not in ("regression", "classification"):
@@ -86,7 +91,7 @@ def register_dataset(name: str, *, task: str, metrics: MetricsFactory,
     import MMSA.run
 
     name = name.lower()
-    DATASETS[name] = DatasetEntry(name, task, metrics, label_range, num_classes)
+    DATASETS[name] = DatasetEntry(name, task, metrics, label_range, num_classes, settings_like)
     if name.upper() not in MMSA.run.SUPPORTED_DATASETS:
         MMSA.run.SUPPORTED_DATASETS.append(name.upper())
     if config is not None:
@@ -149,6 +154,20 @@ def metrics_for(args) -> Callable:
     return MetricsTop(args["train_mode"]).getMetics(args["dataset_name"])
 
 
+def build_model(args) -> torch.nn.Module:
+    """The model MMSA trains for `args`: MMSA's AMIO wrapper around the registered class."""
+    from MMSA.models.AMIO import AMIO
+
+    return AMIO(args)
+
+
+def build_dataloaders(args, num_workers: int = 0) -> dict:
+    """MMSA's train/valid/test loaders for `args` (the plugin's data hooks included)."""
+    from MMSA.data_loader import MMDataLoader
+
+    return MMDataLoader(args, num_workers)
+
+
 # --- configuration ----------------------------------------------------------------------------
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -183,12 +202,23 @@ def plugin_config_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "configs"
 
 
+def _borrow_dataset_settings(config: dict) -> None:
+    for dataset in DATASETS.values():
+        if dataset.settings_like is None:
+            continue
+        for section in config.values():
+            per_dataset = section.get("datasetParams") if isinstance(section, dict) else None
+            if per_dataset and dataset.name not in per_dataset and dataset.settings_like in per_dataset:
+                per_dataset[dataset.name] = copy.deepcopy(per_dataset[dataset.settings_like])
+
+
 def merged_config(kind: str, config_file: str | Path | None = None) -> dict:
     """MMSA's packaged config; over it the plugin's `configs/`, then sections given at
     registration, then a user's config file."""
     config = _read_json(mmsa_config_file(kind))
     config = _deep_merge(config, _read_json(plugin_config_dir() / f"config_{kind}.json"))
     config = _deep_merge(config, REGISTERED_CONFIG[kind])
+    _borrow_dataset_settings(config)
     if config_file and Path(config_file).resolve() != mmsa_config_file(kind).resolve():
         config = _deep_merge(config, _read_json(Path(config_file)))
     return config
@@ -293,6 +323,27 @@ def _select_modalities(dataset) -> None:
             setattr(dataset, attribute, np.zeros_like(getattr(dataset, attribute)))
 
 
+def _cache_frozen_text(dataset) -> None:
+    if runs.frozen_text_encoder(dataset.args) and dataset.args.get("cache_text_states", True):
+        encoder_cache.precompute(dataset.args["pretrained"], dataset.text)
+
+
+def _bert_encoder_init(original: Callable) -> Callable:
+    def __init__(self, use_finetune=False, transformers="bert", pretrained="bert-base-uncased"):
+        original(self, use_finetune, transformers, pretrained)
+        self.directory = resolve_pretrained(pretrained)
+
+    return __init__
+
+
+def _bert_encoder_forward(original: Callable) -> Callable:
+    def forward(self, text):
+        cached = None if self.use_finetune else encoder_cache.lookup(self.directory, text)
+        return original(self, text) if cached is None else cached
+
+    return forward
+
+
 _installed = False
 
 
@@ -306,6 +357,7 @@ def install() -> None:
     import MMSA.run
     from MMSA.data_loader import MMDataset
     from MMSA.models.AMIO import AMIO
+    from MMSA.models.subNets import BertTextEncoder
     from MMSA.trains.ATIO import ATIO
     from MMSA.utils.metricsTop import MetricsTop
 
@@ -321,7 +373,9 @@ def install() -> None:
     compat.RUN_HOOKS["before"].append(runs.prepare_args)
     compat.RUN_HOOKS["after"].append(runs.record_seed)
 
-    DATA_HOOKS.append(_select_modalities)
+    BertTextEncoder.__init__ = _bert_encoder_init(BertTextEncoder.__init__)
+    BertTextEncoder.forward = _bert_encoder_forward(BertTextEncoder.forward)
+    DATA_HOOKS.extend([_select_modalities, _cache_frozen_text])
 
     from . import plugin
 
