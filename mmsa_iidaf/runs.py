@@ -18,7 +18,8 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from . import compat, registry
+from . import compat, encoder_cache, registry
+from .data.validate import load_and_validate
 from .errors import ConfigError, FeatureFileError
 from .text_encoders import encoder_width, resolve_pretrained
 
@@ -44,6 +45,14 @@ def uses_bert(args) -> bool:
     return bool(args.get("use_bert")) or args["model_name"] in BERT_ONLY_MODELS
 
 
+def frozen_text_encoder(args) -> bool:
+    """Whether the run reads text through a BERT-family encoder it does not fine-tune."""
+    if not uses_bert(args) or args["model_name"] == "bert_mag":  # BERT_MAG always fine-tunes
+        return False
+    finetune_key = "use_bert_finetune" if args["model_name"] == "tfr_net" else "use_finetune"
+    return not args.get(finetune_key, False)
+
+
 def feature_files(args) -> list[Path]:
     """Every feature pickle the run reads: the whole file, then per-modality overrides."""
     main = args.get("custom_feature") or args["featurePath"]
@@ -52,6 +61,7 @@ def feature_files(args) -> list[Path]:
 
 
 def check_feature_files(args) -> None:
+    """Every problem of the feature files that would stop or spoil training, before it starts."""
     for path in feature_files(args):
         if not path.is_file():
             default = Path(args["featurePath"])
@@ -60,6 +70,15 @@ def check_feature_files(args) -> None:
                 f"{default}, set by datasetCommonParams in the config): pass your feature pickle "
                 f"with -f PATH (MMSA_run(custom_feature=PATH)), or try --demo"
             )
+    # The official file of a dataset must have the config's widths; a custom file sets its own.
+    official = not args.get("custom_feature")
+    load_and_validate(
+        feature_files(args)[0],
+        use_bert=uses_bert(args),
+        expected_dims=list(args["feature_dims"]) if official else None,
+        label_range=registry.label_range(args["dataset_name"]),
+        need_lengths=not args.get("need_data_aligned"),
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -73,6 +92,7 @@ def file_sha256(path: Path) -> str:
 def prepare_args(args) -> None:
     """Before each seed: settle what the run uses, once, and record it in `args`."""
     args["modalities"] = normalize_modalities(args.get("modalities", MODALITIES))
+    encoder_cache.clear()  # only this run's splits may answer its encoder
     if uses_bert(args) and "text_encoder" not in args:
         name = args.get("pretrained", "bert-base-uncased")
         path = resolve_pretrained(name)
