@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import encoder_cache
 from .errors import TextEncoderUnavailable
 
 ENV_MAPPING = "MMSA_IIDAF_PRETRAINED"
@@ -122,7 +123,8 @@ class TextEncoder(nn.Module):
         from transformers import AutoModel
 
         self.pretrained = str(pretrained)
-        self.model = AutoModel.from_pretrained(resolve_pretrained(pretrained))
+        self.directory = resolve_pretrained(pretrained)
+        self.model = AutoModel.from_pretrained(self.directory)
         self.finetune = finetune
         if not finetune:
             self.model.requires_grad_(False)
@@ -140,6 +142,10 @@ class TextEncoder(nn.Module):
         return int(self.model.config.hidden_size)
 
     def forward(self, text_bert: torch.Tensor) -> torch.Tensor:
+        if not self.finetune:
+            cached = encoder_cache.lookup(self.directory, text_bert)
+            if cached is not None:
+                return cached
         input_ids = text_bert[:, 0, :].long()
         attention_mask = text_bert[:, 1, :].float()
         token_type_ids = text_bert[:, 2, :].long()
