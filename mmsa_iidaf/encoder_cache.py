@@ -80,12 +80,15 @@ def precompute(encoder_dir: str | Path, text_bert: np.ndarray) -> Path:
 
 
 def lookup(encoder_dir: str | Path, text_bert: torch.Tensor) -> torch.Tensor | None:
-    """The cached states of a batch (B, 3, L), on its device, or None if any row is unknown."""
+    """The cached states of a batch (B, 3, L), on its device, or None if any row is unknown.
+
+    Only the three token rows count: MMSA's model-side alignment (`need_model_aligned`) pads the
+    batch with more rows, which no encoder reads."""
     table = _TABLES.get(str(encoder_dir))
     if not table:
         return None
     try:
-        states = [table[key] for key in _row_keys(text_bert.detach().cpu().numpy())]
+        states = [table[key] for key in _row_keys(text_bert[:, :3].detach().cpu().numpy())]
     except KeyError:
         return None
     return torch.stack(states).to(text_bert.device)
