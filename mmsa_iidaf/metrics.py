@@ -5,7 +5,7 @@ places, F1 weighted by class support, as MMSA's `*_F1_score`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -92,7 +92,7 @@ def resolve_pretrained(name: str) -> Path:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def encoder_width(name: str) -> int:
     """Hidden size of the encoder, read from its own config (MMSA assumed 768)."""
     from transformers import AutoConfig

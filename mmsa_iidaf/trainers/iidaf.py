@@ -13,7 +13,6 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
