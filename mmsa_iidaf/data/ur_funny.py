@@ -23,6 +23,8 @@ Decisions (printed in the summary where they change the data):
 - A punchline longer than ``max_seq_len`` words keeps its LAST words: the end of the punchline is
   what the laughter follows. The BERT tokens of the punchline are cut on the same side, and with
   ``context`` the context keeps its last tokens (the ones next to the punchline).
+- Audio and vision are zero-padded to ``max_seq_len`` frames (MMSA's fixed-length layout, the
+  config's ``seq_lens``), however long the longest kept punchline is.
 - NaN and +-inf in the acoustic and visual features become 0 (COVAREP features hold them; MISA
   and MMSA's own loader zero them too), counted per modality.
 - ``text`` is made as the shared ``mosi_utt`` file's: the mean of the frozen encoder's last hidden
@@ -412,8 +414,9 @@ def convert(src_dir, out_path, *, context: bool = False, tokenizer: str = DEFAUL
     pair context [SEP] punchline (token types 0 / 1). `tokenizer` names the BERT-family model
     (resolved offline by ``mmsa_iidaf.text_encoders``) whose tokenizer makes ``text_bert`` and
     whose encoder makes the frozen sentence embedding ``text`` (skipped when `text_features` is
-    False). `max_text_len` is the token length L of ``text_bert``; `max_seq_len` caps the audio
-    and vision sequence length. Returns the summary; the pickle is written atomically.
+    False). `max_text_len` is the token length L of ``text_bert``; `max_seq_len` is the audio
+    and vision sequence length (longer punchlines keep their last words, shorter ones are
+    zero-padded). Returns the summary; the pickle is written atomically.
     """
     if max_text_len < (4 if context else 3):
         raise ConfigError(f"max_text_len={max_text_len} leaves no room for a word beside BERT's "
@@ -470,10 +473,10 @@ def convert(src_dir, out_path, *, context: bool = False, tokenizer: str = DEFAUL
                 rows["label"].append(labels[key])
                 summary.kept[split] += 1
 
-    all_audio = [a for split in SPLITS for a in kept[split]["audio"]]
-    all_vision = [v for split in SPLITS for v in kept[split]["vision"]]
-    summary.audio_len = max(map(len, all_audio), default=1)
-    summary.vision_len = max(map(len, all_vision), default=1)
+    # Audio and vision are padded to `max_seq_len`, as MMSA pads its own files to one fixed length
+    # (the config's seq_lens): MMSA's MISA packs them with the text's token counts, which a pad to
+    # the longest kept punchline (in words) can fall short of.
+    summary.audio_len = summary.vision_len = max_seq_len
 
     encoder = None
     if text_features:
@@ -530,8 +533,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-text-len", type=int, default=50,
                         help="token length of text_bert (default 50)")
     parser.add_argument("--max-seq-len", type=int, default=50,
-                        help="cap on the audio/vision sequence length; longer punchlines keep "
-                             "their last words (default 50)")
+                        help="audio/vision sequence length; longer punchlines keep their last "
+                             "words, shorter ones are zero-padded (default 50)")
     parser.add_argument("--no-text-features", dest="text_features", action="store_false",
                         help="skip the frozen sentence embedding 'text' (then only BERT-based "
                              "models can use the file)")
