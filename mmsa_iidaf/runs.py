@@ -42,14 +42,14 @@ def normalize_modalities(value) -> str:
 
 
 def uses_bert(args) -> bool:
-    return bool(args.get("use_bert")) or args["model_name"] in BERT_ONLY_MODELS
+    return bool(args.get("use_bert")) or args.get("model_name") in BERT_ONLY_MODELS
 
 
 def frozen_text_encoder(args) -> bool:
     """Whether the run reads text through a BERT-family encoder it does not fine-tune."""
-    if not uses_bert(args) or args["model_name"] == "bert_mag":  # BERT_MAG always fine-tunes
+    if not uses_bert(args) or args.get("model_name") == "bert_mag":  # BERT_MAG always fine-tunes
         return False
-    finetune_key = "use_bert_finetune" if args["model_name"] == "tfr_net" else "use_finetune"
+    finetune_key = "use_bert_finetune" if args.get("model_name") == "tfr_net" else "use_finetune"
     return not args.get(finetune_key, False)
 
 
