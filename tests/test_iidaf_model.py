@@ -174,8 +174,11 @@ def test_model_can_be_deep_copied_after_a_training_forward():
 
 # ---------------------------------------------------------------- independence and masking
 
-def test_eval_output_does_not_depend_on_the_rest_of_the_batch():
-    model = build().eval()
+@pytest.mark.parametrize("input_norm", ["none", "batch"])
+def test_eval_output_does_not_depend_on_the_rest_of_the_batch(input_norm):
+    model = build(input_norm=input_norm)
+    model(*make_inputs(batch=5, seed=3), audio_lengths=[4, 1, 3, 2, 4], vision_lengths=[2] * 5)
+    model.eval()  # after one training step, so batch normalisation has running statistics
     first, second = make_inputs(batch=6, seed=1), make_inputs(batch=3, seed=2)
     second = tuple(torch.cat([b[:1], a[2:3], b[1:]]) for a, b in zip(first, second))
     lengths_first, lengths_second = [4, 1, 3, 2, 4, 4], [1, 3, 4, 2]
@@ -187,6 +190,21 @@ def test_eval_output_does_not_depend_on_the_rest_of_the_batch():
     for key in ("shared", "specific"):
         for m in "tav":
             assert torch.allclose(out_first[key][m][2], out_second[key][m][1], atol=1e-6)
+
+
+def test_input_norm_standardises_real_steps_only():
+    model = build(input_norm="batch")
+    text, audio, vision = make_inputs(batch=4)
+    audio = audio * 1000.0
+    audio[:, 2:] = 0.0
+    model(text, audio, vision, audio_lengths=[2] * 4)
+    statistics = model.encoder.modality_encoders["a"].input_norm
+    real_mean = audio[:, :2].reshape(-1, audio.shape[-1]).mean(dim=0)
+    expected = statistics.momentum * real_mean  # running mean starts at 0
+    assert torch.allclose(statistics.running_mean, expected, rtol=1e-4, atol=1e-4)
+    one_step = build(input_norm="batch")(*make_inputs(batch=1), audio_lengths=[1],
+                                          vision_lengths=[1])
+    assert torch.isfinite(one_step["M"]).all()
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "last"])

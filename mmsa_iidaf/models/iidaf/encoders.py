@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Feed-forward width of every Transformer layer, as a multiple of D. The paper does not give it;
@@ -68,19 +69,40 @@ class ModalityEncoder(nn.Module):
     """Eq. 1 for one modality: Conv1D projection to D, sinusoidal PE, a per-modality Transformer."""
 
     def __init__(self, input_dim: int, width: int, kernel_size: int, layers: int, heads: int,
-                 dropout: float):
+                 dropout: float, input_norm: str = "none"):
         super().__init__()
+        # Open point of eq. 1 (the paper feeds i_m to Conv1D as is): precomputed features can span
+        # many orders of magnitude per channel (openSMILE audio: std 0.001 to 51), so `input_norm`
+        # 'batch' standardises each input channel over the real steps of the batch (running
+        # statistics in eval mode, so a sample's output never depends on its batch).
+        self.input_norm = nn.BatchNorm1d(input_dim) if input_norm == "batch" else None
         # 'same' padding keeps the sequence length, so length-1 sequences (utterance-level
         # features) pass through any kernel size; torch pads even kernels asymmetrically.
         self.projection = nn.Conv1d(input_dim, width, kernel_size, padding="same")
         self.dropout = nn.Dropout(dropout)
         self.transformer = transformer_encoder(width, layers, heads, dropout)
 
+    def _standardise(self, steps: Tensor) -> Tensor:
+        norm = self.input_norm
+        if self.training and steps.shape[0] > 1:
+            return norm(steps)
+        # Eval mode, or a training batch with one real step (no batch statistics to take):
+        # the running statistics.
+        return F.batch_norm(steps, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                            training=False, eps=norm.eps)
+
     def forward(self, sequence: Tensor, mask: Tensor | None) -> Tensor:
         """(B, L, input_dim) and (B, L) padding mask or None -> x_m (B, L, D)."""
         if mask is not None:
             # Padded steps must not leak into real ones through the convolution window.
             sequence = sequence.masked_fill(mask.unsqueeze(-1), 0.0)
+        if self.input_norm is not None:
+            real = torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
+            if mask is not None:
+                real = ~mask
+            normalised = torch.zeros_like(sequence)
+            normalised[real] = self._standardise(sequence[real])
+            sequence = normalised
         projected = self.projection(sequence.transpose(1, 2)).transpose(1, 2)
         positions = sinusoidal_positions(projected.shape[1], projected.shape[2],
                                          device=projected.device, dtype=projected.dtype)
@@ -103,7 +125,7 @@ class MultimodalEncoder(nn.Module):
     def __init__(self, modalities: str, input_dims: dict[str, int], width: int, kernel_size: int,
                  layers: dict[str, int], heads: dict[str, int], shared_layers: int,
                  shared_heads: int, dropout: float, pooling: str,
-                 text_encoder: nn.Module | None = None):
+                 text_encoder: nn.Module | None = None, input_norm: str = "none"):
         super().__init__()
         self.modalities = modalities
         self.pooling = pooling
@@ -111,7 +133,8 @@ class MultimodalEncoder(nn.Module):
         if text_encoder is not None:
             input_dims = {**input_dims, "t": text_encoder.hidden_size}
         self.modality_encoders = nn.ModuleDict({
-            m: ModalityEncoder(input_dims[m], width, kernel_size, layers[m], heads[m], dropout)
+            m: ModalityEncoder(input_dims[m], width, kernel_size, layers[m], heads[m], dropout,
+                               input_norm)
             for m in modalities
         })
         self.shared_encoder = transformer_encoder(width, shared_layers, shared_heads, dropout)

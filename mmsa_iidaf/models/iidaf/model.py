@@ -45,6 +45,7 @@ class IIDAF(nn.Module):
             self.modalities, settings.feature_dims, width, int(settings.conv_kernel),
             settings.enc_layers, settings.enc_heads, int(settings.shared_layers),
             int(settings.shared_heads), float(settings.dropout), settings.pooling, text_encoder,
+            settings.input_norm,
         )
 
         self.recover_latent = bool(settings.use_iamd) and float(settings.lambda_in) > 0

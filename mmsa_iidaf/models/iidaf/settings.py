@@ -25,6 +25,7 @@ DEFAULTS = {
     "shared_heads": 4,
     "dropout": 0.1,
     "pooling": "mean",
+    "input_norm": "none",
     "householder_vectors": 3,
     "mic_proj_dim": 64,
     "disc_hidden": 128,
@@ -41,6 +42,7 @@ DEFAULTS = {
     "train_mode": "regression",
 }
 POOLINGS = ("mean", "max", "last")
+INPUT_NORMS = ("none", "batch")
 TRAIN_MODES = ("regression", "classification")
 
 
@@ -82,6 +84,10 @@ def iidaf_settings(args) -> EasyDict:
             raise ConfigError(f"config d_model = {width} must be divisible by {key} = {head_count}")
     if settings.pooling not in POOLINGS:
         raise ConfigError(f"config 'pooling' = '{settings.pooling}' must be one of {', '.join(POOLINGS)}")
+    if settings.input_norm not in INPUT_NORMS:
+        raise ConfigError(
+            f"config 'input_norm' = '{settings.input_norm}' must be one of {', '.join(INPUT_NORMS)}"
+        )
     if int(settings.conv_kernel) < 1:
         raise ConfigError(f"config 'conv_kernel' = {settings.conv_kernel} must be at least 1")
     if int(settings.householder_vectors) < 1:
