@@ -19,11 +19,10 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from easydict import EasyDict as edict
 
 from . import compat, encoder_cache, runs
 from .errors import ConfigError, UnknownNameError
@@ -185,7 +184,9 @@ def _read_json(path: Path) -> dict:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid JSON ({error}): fix or remove it")
+        raise ConfigError(
+            f"config file {path} is not valid JSON ({error}): fix or remove it"
+        ) from None
 
 
 def mmsa_config_file(kind: str) -> Path:

@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 import torch
@@ -145,7 +145,8 @@ def select_gpus(gpu_ids) -> list:
     machine without one: the CPU, with a warning."""
     gpu_ids = list(gpu_ids or [])
     if gpu_ids and not torch.cuda.is_available():
-        warnings.warn(f"GPU {gpu_ids} asked for, but no GPU is available: running on the CPU")
+        warnings.warn(f"GPU {gpu_ids} asked for, but no GPU is available: running on the CPU",
+                      stacklevel=3)
         return []
     return gpu_ids
 
