@@ -76,7 +76,8 @@ def _parse_setting(item: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def _config_overrides(options, registry) -> dict:
+def _config_overrides(options, registry) -> tuple[dict, dict]:
+    """(the `config=` overrides of the flags, the run's config with them applied)."""
     from .runs import uses_bert
     from .text_encoders import STAND_IN
 
@@ -96,7 +97,8 @@ def _config_overrides(options, registry) -> dict:
         print(f"demo: text encoder {STAND_IN} stands in for {defaults.get('pretrained')}",
               file=sys.stderr)
         overrides["pretrained"] = STAND_IN
-    return overrides
+    defaults.update(overrides)
+    return overrides, defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,18 +107,18 @@ def main(argv: list[str] | None = None) -> int:
 
     options = build_parser(registry.model_names(), registry.dataset_names()).parse_args(argv)
     try:
+        overrides, config = _config_overrides(options, registry)
         feature = options.feature
         if options.demo:
             from .demo import demo_feature_file
 
-            aligned = bool(registry.config_for(options.model, options.dataset, options.config)
-                           .get("need_data_aligned"))
+            aligned = bool(config.get("need_data_aligned"))
             feature = str(demo_feature_file(options.dataset, aligned))
             print(f"demo: synthetic {options.dataset} features in {feature}", file=sys.stderr)
         MMSA_run(
             options.model, options.dataset,
             config_file=options.config,
-            config=_config_overrides(options, registry),
+            config=overrides,
             seeds=options.seeds,
             is_tune=options.tune,
             tune_times=options.tune_times,

@@ -12,4 +12,4 @@ def register_all() -> None:
     # UR-FUNNY: humour (1) or not (0) of a punchline; files from `python -m
     # mmsa_iidaf.data.ur_funny`. MMSA's models, which regress, take MOSI's settings.
     registry.register_dataset("ur_funny", task="classification", metrics=binary_metrics,
-                              label_range=(0.0, 1.0), num_classes=2, settings_like="mosi")
+                              label_range=(0.0, 1.0), settings_like="mosi")

@@ -49,7 +49,6 @@ class DatasetEntry:
     task: str  # "regression" or "classification"
     metrics: MetricsFactory
     label_range: tuple[float, float]
-    num_classes: int = 1
     # A model's settings for this dataset, when the config has none: those of this dataset.
     settings_like: str | None = None
 
@@ -78,7 +77,7 @@ def register_model(name: str, model: type, trainer: type, *, classification: boo
 
 
 def register_dataset(name: str, *, task: str, metrics: MetricsFactory,
-                     label_range: tuple[float, float], num_classes: int = 1,
+                     label_range: tuple[float, float],
                      settings_like: str | None = None, config: dict | None = None) -> None:
     """Make `name` a dataset of MMSA, read from MMSA's standard feature-pickle layout.
     `metrics(train_mode)` returns the metric function; `settings_like`: a dataset whose
@@ -90,7 +89,7 @@ def register_dataset(name: str, *, task: str, metrics: MetricsFactory,
     import MMSA.run
 
     name = name.lower()
-    DATASETS[name] = DatasetEntry(name, task, metrics, label_range, num_classes, settings_like)
+    DATASETS[name] = DatasetEntry(name, task, metrics, label_range, settings_like)
     if name.upper() not in MMSA.run.SUPPORTED_DATASETS:
         MMSA.run.SUPPORTED_DATASETS.append(name.upper())
     if config is not None:

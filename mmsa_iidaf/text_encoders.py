@@ -100,11 +100,6 @@ def encoder_width(name: str) -> int:
     return int(AutoConfig.from_pretrained(resolve_pretrained(name)).hidden_size)
 
 
-def encoder_identity(name: str) -> str:
-    """What a results file records about the encoder: the name asked for and where it loaded."""
-    return f"{name} -> {resolve_pretrained(name)}"
-
-
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
