@@ -281,7 +281,8 @@ def _b9():
 #       run whose validation metric never improves silently tests a stale model.
 # TUNE: tuning mode scores every trial on the test split.
 # The fixed run is `run_one_seed`; `registry` passes the plugin's hooks (argument preparation
-# and per-seed records) to it.
+# and per-seed records) to it. "before" hooks get the args; "after" hooks get the args, the
+# results, whether it was a tuning trial, and the seed's run (model, dataloader, trainer).
 
 RUN_HOOKS: dict[str, list[Callable]] = {"before": [], "after": []}
 # The split that scores a tuning trial: MMSA's "test" until the TUNE fix makes it "valid".
@@ -330,11 +331,12 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
         Path(args["model_save_path"]).unlink(missing_ok=True)
     else:
         results = trainer.do_test(model, dataloader["test"], mode="TEST")
-    del model
+    seed_run = types.SimpleNamespace(model=model, dataloader=dataloader, trainer=trainer)
+    for hook in RUN_HOOKS["after"]:
+        hook(args, results, is_tune, seed_run)
+    del model, seed_run
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    for hook in RUN_HOOKS["after"]:
-        hook(args, results, is_tune)
     return results
 
 

@@ -372,6 +372,7 @@ def install() -> None:
         module.get_config_tune = _config_with(MMSA.config.get_config_tune, "tune")
     compat.RUN_HOOKS["before"].append(runs.prepare_args)
     compat.RUN_HOOKS["after"].append(runs.record_seed)
+    compat.RUN_HOOKS["after"].append(runs.write_diagnostics)
 
     BertTextEncoder.__init__ = _bert_encoder_init(BertTextEncoder.__init__)
     BertTextEncoder.forward = _bert_encoder_forward(BertTextEncoder.forward)

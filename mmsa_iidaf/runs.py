@@ -113,8 +113,26 @@ def seeds_csv_path(args) -> Path:
     return Path(args["res_save_dir"]) / f"{args['model_name']}-{args['dataset_name']}-seeds.csv"
 
 
-def record_seed(args, results, is_tune: bool) -> None:
-    """Append this seed's test results as one row, at once, so that a later crash loses nothing."""
+def write_diagnostics(args, results, is_tune: bool, seed_run) -> None:
+    """For a model whose trainer can `diagnose`: the test split's diagnostics of this seed, in
+    {res}/diagnostics/{model}-{dataset}-seed{seed}.json."""
+    if is_tune or "res_save_dir" not in args or not hasattr(seed_run.trainer, "diagnose"):
+        return
+    report = seed_run.trainer.diagnose(seed_run.model, seed_run.dataloader["test"])
+    report = {"model": args["model_name"], "dataset": args["dataset_name"], "seed": args["seed"],
+              "split": "test", **report}
+    directory = Path(args["res_save_dir"]) / "diagnostics"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{args['model_name']}-{args['dataset_name']}-seed{args['seed']}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def record_seed(args, results, is_tune: bool, seed_run=None) -> None:
+    """Append this seed's test results as one row, at once, so that a later crash loses nothing.
+
+    The row records what the number depends on beyond the seed: the config, the data file, the
+    device, torch's version and its CPU thread count (the same seed gives other numbers with
+    another thread count)."""
     if is_tune or "res_save_dir" not in args or "final_results" in results:
         return
     metrics = {name: _plain(value) for name, value in results.items()}
@@ -127,6 +145,8 @@ def record_seed(args, results, is_tune: bool) -> None:
         "feature_file": args["feature_file"],
         "feature_sha256": args["feature_sha256"],
         "device": str(args["device"]),
+        "torch_version": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
         "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "config": json.dumps({k: v for k, v in args.items()}, default=str, sort_keys=True),
     })

@@ -141,10 +141,17 @@ class TextEncoder(nn.Module):
             cached = encoder_cache.lookup(self.directory, text_bert)
             if cached is not None:
                 return cached
-        input_ids = text_bert[:, 0, :].long()
-        attention_mask = text_bert[:, 1, :].float()
-        token_type_ids = text_bert[:, 2, :].long()
+        # Columns past the batch's longest text are padding in every row: the encoder skips them
+        # (MMSA pads to 50; MOSI averages 16 tokens) and they come back as zero states, which the
+        # attention mask hides downstream.
+        full_length = text_bert.shape[-1]
+        length = max(int(text_bert[:, 1, :].sum(dim=-1).max().item()), 1)
+        trimmed = text_bert[..., :length]
+        input_ids = trimmed[:, 0, :].long()
+        attention_mask = trimmed[:, 1, :].float()
+        token_type_ids = trimmed[:, 2, :].long()
         with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
-            return self.model(
+            states = self.model(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
+        return torch.nn.functional.pad(states, (0, 0, 0, full_length - length))

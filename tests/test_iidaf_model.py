@@ -231,8 +231,12 @@ def test_objective_terms_finite_and_total_matches_eq_23():
     model, objective = build(), IIDAFObjective(args)
     outputs = model(*make_inputs())
     terms = objective(model, outputs, torch.randn(BATCH))
-    assert set(terms) == {"L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_R", "L_C", "total"}
+    parts = {f"L_R[{pair}]" for pair in ("t-a", "t-v", "a-v", "t-z", "a-z", "v-z")}
+    parts |= {f"L_C[{m}]" for m in "tav"}
+    assert set(terms) == {"L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_R", "L_C", "L_BR",
+                          "total"} | parts
     assert all(term.dim() == 0 and torch.isfinite(term) for term in terms.values())
+    assert all(not terms[key].requires_grad for key in parts)  # logged, not optimised
     weights = {"L_IN": 0.1, "L_S": 0.05, "L_H": 0.3, "L_RE": 0.2, "L_MI": 0.1}  # defaults (Table 2)
     expected = terms["L_T"] + sum(w * terms[k] for k, w in weights.items())
     assert torch.allclose(terms["total"], expected)
@@ -263,13 +267,14 @@ def test_zero_lambda_terms_are_not_computed(monkeypatch):
     zeros = dict(lambda_in=0.0, lambda_s=0.0, lambda_h=0.0, lambda_re=0.0, lambda_mi=0.0)
     model, objective = build(**zeros), IIDAFObjective(make_args(**zeros))
     monkeypatch.setattr(objective_module, "cmd", refuse)
+    monkeypatch.setattr(objective_module, "scale_free_cmd", refuse)
     monkeypatch.setattr(objective_module, "hsic", refuse)
     monkeypatch.setattr(iamd_module.InvertibleSequential, "inverse", refuse)
     outputs = model(*make_inputs())
     assert not outputs["latent_recovered"] and not outputs["reconstruction"]
     assert model.mic is None and not any("decoder" in n for n in parameter_names(model))
     terms = objective(model, outputs, torch.randn(BATCH))
-    for key in ("L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_R", "L_C"):
+    for key in ("L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_R", "L_C", "L_BR"):
         assert terms[key].item() == 0.0 and not terms[key].requires_grad
     assert torch.equal(terms["total"], terms["L_T"])
     assert objective.discriminator_loss(model, outputs, torch.randn(BATCH)) is None
@@ -396,3 +401,65 @@ def test_bert_text_input_with_offline_stand_in():
     assert text_parameters and not any(p.requires_grad for p in text_parameters)
     assert len(text_parameters) + len(model.main_parameters()) + len(
         model.discriminator_parameters()) == len(list(model.parameters()))
+
+
+# ---------------------------------------------------------------- mechanisms that work
+
+def test_sigmoid_mask_mixes_from_the_start_and_softmax_does_not():
+    torch.manual_seed(0)
+    width = 128  # the default D: "mixing" means well above 1/D
+    u_hat, r_hat = torch.randn(64, width), torch.randn(64, width)
+    _, _, alpha, beta = AttentionMask(width, "sigmoid")(u_hat, r_hat)
+    assert alpha.mean() >= 5 / width and beta.mean() >= 5 / width
+    assert ((alpha > 0) & (alpha < 1)).all()
+    _, _, alpha, beta = AttentionMask(width, "softmax")(u_hat, r_hat)
+    assert alpha.mean() < 2 / width and beta.mean() < 2 / width  # the paper's reading: ≈ 1/D
+
+
+def test_objective_l_s_does_not_fall_when_r_shrinks():
+    outputs = build()(*make_inputs())
+    shrunk = {**outputs, "shared": {m: 0.1 * r for m, r in outputs["shared"].items()}}
+    labels = torch.randn(BATCH)
+    scale_free = IIDAFObjective(make_args())
+    assert torch.allclose(scale_free(build(), shrunk, labels)["L_S"],
+                          scale_free(build(), outputs, labels)["L_S"], rtol=1e-4)
+    plain = IIDAFObjective(make_args(cmd_scale="none"))
+    assert plain(build(), shrunk, labels)["L_S"] < 0.2 * plain(build(), outputs, labels)["L_S"]
+
+
+def test_branch_loss_trains_both_branches_on_the_task():
+    model = build(lambda_branch=1.0)
+    outputs = model(*make_inputs())
+    labels = torch.randn(BATCH)
+    terms = IIDAFObjective(make_args(lambda_branch=1.0))(model, outputs, labels)
+    targets = labels.reshape(-1, 1)
+    expected = 0.5 * (torch.nn.functional.mse_loss(outputs["M_shared"], targets)
+                      + torch.nn.functional.mse_loss(outputs["M_specific"], targets))
+    assert torch.allclose(terms["L_BR"], expected)
+    assert IIDAFObjective(make_args())(model, outputs, labels)["L_BR"] == 0  # paper: off
+
+
+def test_modality_dropout_only_in_training_and_never_drops_everything():
+    model = build(modality_dropout=0.9)
+    model.train()
+    absent = model._random_absence({m: torch.zeros(4096, WIDTH) for m in "tav"})
+    assert not absent.all(dim=1).any()
+    assert 0.5 < absent.float().mean() < 0.7  # 0.9 per modality, less the rescued rows
+    model.eval()
+    inputs = make_inputs()
+    assert torch.equal(model(*inputs)["M"], model(*inputs)["M"])
+
+
+def test_fused_modalities_buffer_switches_a_modality_off_and_is_saved():
+    model = build().eval()
+    inputs = make_inputs()
+    full = model(*inputs)["M"]
+    model.fused_modalities[2] = 0  # vision off at the fusion
+    without_vision = model(*inputs)["M"]
+    changed = list(inputs)
+    changed[2] = torch.randn_like(inputs[2])
+    assert not torch.allclose(full, without_vision)
+    assert torch.allclose(model(*changed)["M"], without_vision)  # vision no longer counts
+    restored = build(seed=1).eval()
+    restored.load_state_dict(model.state_dict())
+    assert restored.fused_modalities.tolist() == [1, 1, 0]

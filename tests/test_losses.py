@@ -7,10 +7,12 @@ import torch
 from mmsa_iidaf.losses import (
     ConditionalMIDiscriminator,
     InfoNCE,
+    PredictiveConditionalMI,
     cmd,
     hsic,
     knn_negative_indices,
     knn_negative_labels,
+    scale_free_cmd,
 )
 
 
@@ -181,3 +183,60 @@ def test_discriminator_near_chance_under_conditional_independence():
     accuracy, estimate = _fit_and_evaluate_discriminator(u_depends_on_z_given_r=False)
     assert 0.4 < accuracy < 0.6
     assert abs(estimate) < 0.5
+
+
+# ---------------------------------------------------------------- L_S cannot fall by shrinking
+
+def test_scale_free_cmd_does_not_fall_when_shared_features_shrink():
+    torch.manual_seed(0)
+    shared_t, shared_a = torch.randn(64, 16), 0.5 * torch.randn(64, 16) + 0.3
+    aligned = scale_free_cmd(shared_t, shared_a)
+    assert torch.allclose(scale_free_cmd(0.1 * shared_t, 0.1 * shared_a), aligned, rtol=1e-4)
+    assert torch.allclose(scale_free_cmd(0.1 * shared_t, shared_a), aligned, rtol=1e-4)
+    # The paper's plain CMD (|b - a| = 1) falls by a factor of 10 or more for the same r:
+    # minimising it shrinks r instead of aligning it.
+    assert cmd(0.1 * shared_t, 0.1 * shared_a) < 0.1 * cmd(shared_t, shared_a)
+
+
+def test_scale_free_cmd_still_measures_misalignment():
+    torch.manual_seed(0)
+    base = torch.randn(256, 8)
+    same_shape = scale_free_cmd(base, torch.randn(256, 8))
+    skewed = scale_free_cmd(base, torch.randn(256, 8).exp())
+    assert skewed > 3 * same_shape
+
+
+# ---------------------------------------------------------------- the predictive I(u; y | r)
+
+def _conditional_regression(n: int, planted: bool):
+    """r, u independent standard normals; y = r·w (+ u·v when planted) + noise."""
+    generator = torch.Generator().manual_seed(1 if planted else 2)
+    r, u = torch.randn(n, 4, generator=generator), torch.randn(n, 4, generator=generator)
+    y = r @ torch.tensor([1.0, -0.5, 0.5, 0.0])
+    if planted:
+        y = y + u @ torch.tensor([0.8, 0.0, -0.6, 0.0])
+    return u, r, (y + 0.3 * torch.randn(n, generator=generator)).unsqueeze(1)
+
+
+def _fitted_predictive_estimate(planted: bool) -> float:
+    torch.manual_seed(0)
+    estimator = PredictiveConditionalMI(4, 4, label_dim=1, hidden=32)
+    optimizer = torch.optim.Adam(estimator.parameters(), lr=3e-3)
+    u, r, y = _conditional_regression(2048, planted)
+    for _ in range(300):
+        rows = torch.randint(0, 2048, (128,))
+        optimizer.zero_grad()
+        estimator.predictor_loss(u[rows], r[rows], y[rows]).backward()
+        optimizer.step()
+    u_test, r_test, y_test = _conditional_regression(1024, planted)
+    with torch.no_grad():
+        return estimator.estimate(u_test, r_test, y_test).item()
+
+
+def test_predictive_estimator_detects_planted_conditional_information():
+    # True value: ½ log((1 + 0.09) / 0.09) ≈ 1.25 nats for the planted u·v (variance 1) over noise.
+    assert _fitted_predictive_estimate(planted=True) > 0.6
+
+
+def test_predictive_estimator_is_near_zero_without_conditional_information():
+    assert abs(_fitted_predictive_estimate(planted=False)) < 0.1

@@ -15,8 +15,13 @@ def _features(modalities: str, requires_grad: bool = False):
     return shared, specific
 
 
-def _mic(modalities: str = "tav", label_dim: int = 1) -> MIC:
-    return MIC(modalities, dim=DIM, label_dim=label_dim, proj_dim=6, disc_hidden=16, knn_k=3)
+def _mic(modalities: str = "tav", label_dim: int = 1, estimator: str = "predictive") -> MIC:
+    return MIC(modalities, dim=DIM, label_dim=label_dim, proj_dim=6, disc_hidden=16, knn_k=3,
+               estimator=estimator)
+
+
+def _losses(out: dict) -> list:
+    return [out[key] for key in ("L_R", "L_C", "L_MI")]
 
 
 def test_forward_keys_finite_and_total():
@@ -24,8 +29,11 @@ def test_forward_keys_finite_and_total():
     mic = _mic()
     shared, specific = _features("tav")
     out = mic(shared, specific, torch.randn(BATCH, 1), "regression")
-    assert set(out) == {"L_R", "L_C", "L_MI"}
-    assert all(value.dim() == 0 and torch.isfinite(value) for value in out.values())
+    assert set(out) == {"L_R", "L_C", "L_MI", "pairs", "conditional"}
+    assert set(out["pairs"]) == {"t-a", "t-v", "a-v", "t-z", "a-z", "v-z"}
+    assert set(out["conditional"]) == set("tav")
+    assert all(value.dim() == 0 and torch.isfinite(value) for value in _losses(out))
+    assert torch.allclose(out["L_R"], torch.stack(list(out["pairs"].values())).sum())
     assert torch.allclose(out["L_MI"], out["L_R"] + out["L_C"])
 
 
@@ -47,7 +55,7 @@ def test_single_modality_has_no_pair_terms():
     shared, specific = _features("v")
     labels = torch.randn(BATCH, 1)
     out = mic(shared, specific, labels, "regression")
-    assert all(torch.isfinite(value) for value in out.values())
+    assert all(torch.isfinite(value) for value in _losses(out))
     z = mic.label_embedding(labels, "regression")
     assert torch.allclose(out["L_R"], mic.label_infonce["v"](shared["v"], z))
 
@@ -61,7 +69,7 @@ def test_classification_labels_are_one_hot_embedded():
     assert torch.allclose(z[0], mic.label_encoder.bias + mic.label_encoder.weight[:, 0])
     shared, specific = _features("ta")
     out = mic(shared, specific, labels, "classification")
-    assert all(torch.isfinite(value) for value in out.values())
+    assert all(torch.isfinite(value) for value in _losses(out))
 
 
 @pytest.mark.parametrize("modalities", ["", "at", "tx", "tt"])
@@ -79,9 +87,10 @@ def test_discriminator_parameters_disjoint_from_main_and_cover_all():
     assert discriminator_ids | main_ids == {id(p) for p in mic.parameters()}
 
 
-def test_model_loss_leaves_discriminators_untouched_and_reaches_features():
+@pytest.mark.parametrize("estimator", ["predictive", "knn_discriminator"])
+def test_model_loss_leaves_discriminators_untouched_and_reaches_features(estimator):
     torch.manual_seed(0)
-    mic = _mic()
+    mic = _mic(estimator=estimator)
     shared, specific = _features("tav", requires_grad=True)
     mic(shared, specific, torch.randn(BATCH, 1), "regression")["L_MI"].backward()
     assert all(p.grad is None for p in mic.discriminator_parameters())
@@ -90,9 +99,10 @@ def test_model_loss_leaves_discriminators_untouched_and_reaches_features():
     assert mic.label_encoder.weight.grad is not None  # trained through L_R
 
 
-def test_discriminator_loss_trains_only_the_discriminators():
+@pytest.mark.parametrize("estimator", ["predictive", "knn_discriminator"])
+def test_discriminator_loss_trains_only_the_discriminators(estimator):
     torch.manual_seed(0)
-    mic = _mic()
+    mic = _mic(estimator=estimator)
     shared, specific = _features("tav", requires_grad=True)
     loss = mic.discriminator_loss(shared, specific, torch.randn(BATCH, 1), "regression")
     loss.backward()
@@ -104,7 +114,7 @@ def test_discriminator_loss_trains_only_the_discriminators():
 
 def test_discriminator_step_and_model_loss_share_the_batch_negatives():
     torch.manual_seed(0)
-    mic = _mic()
+    mic = _mic(estimator="knn_discriminator")
     shared, specific = _features("tav")
     labels = torch.randn(BATCH, 1)
     first = mic.negative_indices(shared)
@@ -118,10 +128,11 @@ def test_discriminator_step_and_model_loss_share_the_batch_negatives():
     assert not torch.equal(torch.get_rng_state(), rng_state)  # a new batch draws new negatives
 
 
-def test_reproducible_under_manual_seed():
+@pytest.mark.parametrize("estimator", ["predictive", "knn_discriminator"])
+def test_reproducible_under_manual_seed(estimator):
     def run():
         torch.manual_seed(123)
-        mic = _mic()
+        mic = _mic(estimator=estimator)
         shared, specific = _features("tav")
         labels = torch.randn(BATCH, 1)
         out = mic(shared, specific, labels, "regression")
@@ -148,8 +159,28 @@ def test_discriminator_optimizer_step_changes_only_phi():
 
 def test_l_c_does_not_reshape_the_label_embedding():
     torch.manual_seed(0)
-    mic = _mic()
+    mic = _mic(estimator="knn_discriminator")
     shared, specific = _features("tav", requires_grad=True)
     mic(shared, specific, torch.randn(BATCH, 1), "regression")["L_C"].backward()
     assert mic.label_encoder.weight.grad is None
     assert all(specific[m].grad is not None and specific[m].grad.abs().sum() > 0 for m in "tav")
+
+
+def test_predictive_l_c_trains_u_only_and_is_clipped_at_zero():
+    torch.manual_seed(0)
+    mic = _mic()
+    labels = torch.randn(BATCH, 1)
+    shared, specific = _features("tav", requires_grad=True)
+    # u carries the label beyond r: fit the heads briefly so q(y | u, r) beats q(y | r).
+    specific = {m: (u + labels).detach().requires_grad_() for m, u in specific.items()}
+    optimizer = torch.optim.Adam(mic.discriminator_parameters(), lr=1e-2)
+    for _ in range(100):
+        optimizer.zero_grad()
+        mic.discriminator_loss(shared, specific, labels, "regression").backward()
+        optimizer.step()
+    out = mic(shared, specific, labels, "regression")
+    assert all(out["conditional"][m] > 0 for m in "tav")
+    out["L_C"].backward()
+    assert all(specific[m].grad.abs().sum() > 0 for m in "tav")
+    assert all(shared[m].grad is None for m in "tav")  # r is the condition, not the trainee
+    assert torch.allclose(out["L_C"], sum(v.clamp_min(0) for v in out["conditional"].values()))

@@ -43,3 +43,18 @@ def cmd(x1: Tensor, x2: Tensor, n_moments: int = 5) -> Tensor:
         moment2 = centred2.pow(order).mean(dim=0)
         discrepancy = discrepancy + _safe_l2_norm(moment1 - moment2)
     return discrepancy
+
+
+def root_mean_square(x: Tensor) -> Tensor:
+    """sqrt(mean(x²)) over all entries, floored so that a collapsed x cannot divide by zero."""
+    return x.pow(2).mean().clamp_min(torch.finfo(x.dtype).eps).sqrt()
+
+
+def scale_free_cmd(x1: Tensor, x2: Tensor, n_moments: int = 5) -> Tensor:
+    """CMD_K between x1 / RMS(x1) and x2 / RMS(x2): invariant to rescaling either input.
+
+    Eq. 12 assumes features bounded in [a, b]; unbounded features can lower plain CMD by
+    shrinking towards 0, which aligns nothing. Dividing each input by its own RMS (with the RMS
+    in the graph) removes that direction: only the shape of the two distributions counts.
+    """
+    return cmd(x1 / root_mean_square(x1), x2 / root_mean_square(x2), n_moments)

@@ -5,6 +5,11 @@ features (its own optimizer, eq. 18), then (2) one AdamW step of everything else
 L = L_T + λ1 L_IN + λ2 L_S + λ3 L_H + λ4 L_RE + λ5 L_MI (eq. 23), where the model minimises φ's
 estimate. Then the validation split decides: a better `KeyEval` saves the checkpoint,
 `early_stop` epochs without one end training. The test split is never seen here.
+
+With `modality_selection`, each validation also scores the fusion without each modality in turn
+(u_m and r_m read as zeros, as `modality_dropout` trains it to) and keeps the best set in the
+model's `fused_modalities` buffer: a modality that misleads on data it was not trained on (the
+leaky vision of mosi_utt) is switched off by the validation split alone.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from tqdm import tqdm
 
 from ..errors import TrainingDiverged
 from ..models.iidaf import IIDAFObjective
+from ..models.iidaf.diagnostics import diagnose
 from ..models.iidaf.objective import TERMS
 from ..registry import metrics_for
 
@@ -78,7 +84,7 @@ class IIDAFTrainer:
                 disc_optimizer.zero_grad()
                 disc_loss.backward()
                 disc_optimizer.step()
-                sums["L_phi"] += disc_loss.item()
+                sums["L_critic"] += disc_loss.item()
 
             losses = self.objective(iidaf, outputs, labels)
             if not torch.isfinite(losses["total"]):
@@ -104,7 +110,8 @@ class IIDAFTrainer:
         means = {key: total / len(loader) for key, total in sums.items()}
         results = self.metrics(torch.cat(predictions), torch.cat(targets))
         results["Loss"] = means["L_T"]
-        terms = " ".join(f"{key}: {means[key]:.4f}" for key in ("total", *TERMS, "L_phi")
+        parts = sorted(key for key in means if "[" in key)  # L_R per pair, L_C per modality
+        terms = " ".join(f"{key}: {means[key]:.4f}" for key in ("total", *TERMS, "L_critic", *parts)
                          if key in means)
         logger.info(f"TRAIN-({args.model_name}) epoch {epoch} seed {args.seed} >> {terms}")
         return results
@@ -117,9 +124,9 @@ class IIDAFTrainer:
         for epoch in range(1, int(args.get("max_epochs", 100)) + 1):
             train_results = self._train_epoch(model, dataloader["train"], optimizer,
                                               disc_optimizer, epoch)
-            valid_results = self.do_test(model, dataloader["valid"], mode="VAL")
+            valid_results = self.validate(model, dataloader["valid"])
             current = valid_results[args.KeyEval]
-            improved = current < best - 1e-6 if self.lower_is_better else current > best + 1e-6
+            improved = self._is_better(current, best)
             if improved:
                 best, best_epoch = current, epoch
                 torch.save(model.state_dict(), args.model_save_path)
@@ -135,6 +142,53 @@ class IIDAFTrainer:
         return epoch_results if return_epoch_results else None
 
     # --- evaluation -----------------------------------------------------------------------
+
+    def _batches(self, loader):
+        for batch in loader:
+            inputs, lengths = _batch_inputs(batch, self.args.device)
+            yield inputs, lengths, self.objective.task_targets(batch["labels"]["M"].to(self.args.device))
+
+    def _is_better(self, current: float, best: float) -> bool:
+        return current < best - 1e-6 if self.lower_is_better else current > best + 1e-6
+
+    @torch.no_grad()
+    def validate(self, model, loader) -> dict:
+        """Metrics on the validation split. With `modality_selection`, the fusion of every built
+        modality and of each leave-one-out set are scored from one encoder pass, and the best
+        set is kept in the model (`fused_modalities`); ties keep more modalities."""
+        iidaf = model.Model
+        if not self.args.get("modality_selection") or len(iidaf.modalities) < 2:
+            return self.do_test(model, loader, mode="VAL")
+        model.eval()
+        count = len(iidaf.modalities)
+        candidates = [torch.zeros(count, dtype=torch.bool)]
+        candidates += [torch.eye(count, dtype=torch.bool)[i] for i in range(count)]
+        predictions = [[] for _ in candidates]
+        labels = []
+        for inputs, lengths, targets in self._batches(loader):
+            representation = iidaf.represent(*inputs, **lengths)
+            labels.append(targets.cpu())
+            for index, absent in enumerate(candidates):
+                rows = absent.to(targets.device).expand(targets.shape[0], -1)
+                predictions[index].append(iidaf.fuse(representation, rows)["M"].cpu())
+        labels = torch.cat(labels)
+        best, best_results = None, None
+        for absent, predicted in zip(candidates, predictions):
+            predicted = torch.cat(predicted)
+            results = self.metrics(predicted, labels)
+            results["Loss"] = round(self.objective.task_loss(predicted, labels).item(), 4)
+            if best_results is None or self._is_better(results[self.args.KeyEval],
+                                                       best_results[self.args.KeyEval]):
+                best, best_results = absent, results
+        iidaf.fused_modalities.copy_((~best).to(iidaf.fused_modalities.dtype))
+        fused = "".join(m for m, off in zip(iidaf.modalities, best) if not off)
+        logger.info(f"VAL-({self.args.model_name}) fused modalities {fused} >> "
+                    + " ".join(f"{k}: {v:.4f}" for k, v in best_results.items()))
+        return best_results
+
+    def diagnose(self, model, loader) -> dict:
+        """`diagnostics.diagnose` on `loader` (the run writes it for the test split)."""
+        return diagnose(model.Model, self._batches(loader), self.args.train_mode)
 
     @torch.no_grad()
     def predict(self, model, loader) -> dict:

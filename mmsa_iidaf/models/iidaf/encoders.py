@@ -146,7 +146,10 @@ class MultimodalEncoder(nn.Module):
         # Position 0 is [CLS], always real; keeping it unmasked also protects an empty transcript
         # from a fully masked row (NaN attention).
         mask[:, 0] = False
-        return self.text_encoder(text), mask
+        # Positions that are padding in every row change nothing downstream (masked attention,
+        # masked pooling): dropping them saves the Transformers their cost.
+        length = int((~mask).sum(dim=1).max().item())
+        return self.text_encoder(text)[:, :length], mask[:, :length]
 
     def forward(self, inputs: dict[str, Tensor], lengths: dict[str, object]) -> dict[str, Tensor]:
         """inputs: {m: raw input} for the built modalities; lengths: {m: (B,) lengths or None}.

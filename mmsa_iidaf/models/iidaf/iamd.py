@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .settings import MASK_WEIGHTS
+
 
 def two_layer_mlp(input_dim: int, hidden_dim: int, output_dim: int, dropout: float) -> nn.Sequential:
     """Linear-GELU-Dropout-Linear; the paper's "two-layer MLP" with GELU as in its coupling net."""
@@ -193,36 +195,53 @@ def invertible_flow(dim: int, householder_vectors: int, coupling_hidden: int) ->
     ])
 
 
+# Initial offset of the sigmoid mask's logits: α, β start near σ(−2) ≈ 0.12, a mask that mixes
+# from the first step without making u and r equal (at 0.5, u = r).
+MASK_INITIAL_OFFSET = -2.0
+
+
 class AttentionMask(nn.Module):
     """Eq. 7-9, read per sample with channels as the attended positions (METHOD.md §2 item 6).
 
-    For one sample, q_u, k_r ∈ R^D; the D×D matrix q_u k_rᵀ / √d_k is soft-maxed along its rows and
-    its diagonal is α (one weight per channel); β likewise from q_r, k_u. Then
-    r = (1 − α) ⊙ V_r + β ⊙ V_u and u = (1 − β) ⊙ V_u + α ⊙ V_r.
+    For one sample, q_u, k_r ∈ R^D and s = q_u k_rᵀ / √d_k (D×D). α holds one weight per channel:
+    - weights 'softmax' (the settled reading of eq. 8): α = diag(softmax_rows(s)). Each diagonal
+      entry competes with D − 1 others, so α ≈ 1/D unless training makes the diagonal dominate
+      (measured on mosi_utt: α, β ≈ 0.008-0.012 ≈ 1/D, ~1 % cross-talk);
+    - weights 'sigmoid' (default): α_i = σ(s_ii + b_i), the diagonal scored against a no-mixing
+      alternative (a two-way softmax of s_ii against 0, offset by a learned per-channel b_i),
+      so α can take any value in (0, 1) per channel and sample.
+    β likewise from q_r, k_u. Then r = (1 − α) ⊙ V_r + β ⊙ V_u and u = (1 − β) ⊙ V_u + α ⊙ V_r.
     Nothing mixes samples, so a sample's output does not depend on the rest of its batch.
     d_k = D: α must have one entry per channel of V, so queries and keys are D wide. The
     projections have no bias, as eq. 7 writes them (ûW).
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, weights: str = "sigmoid"):
         super().__init__()
+        if weights not in MASK_WEIGHTS:
+            raise ValueError(f"AttentionMask: weights must be one of {MASK_WEIGHTS}, got {weights!r}")
+        self.weights = weights
         self.specific_qkv = nn.Linear(width, 3 * width, bias=False)  # W_{u,q}, W_{u,k}, W_{u,v}
         self.shared_qkv = nn.Linear(width, 3 * width, bias=False)    # W_{r,q}, W_{r,k}, W_{r,v}
         self.scale = 1.0 / math.sqrt(width)
+        if weights == "sigmoid":
+            self.offsets = nn.Parameter(torch.full((2, width), MASK_INITIAL_OFFSET))
 
-    def _channel_weights(self, query: Tensor, key: Tensor) -> Tensor:
+    def _channel_weights(self, query: Tensor, key: Tensor, which: int) -> Tensor:
+        if self.weights == "sigmoid":
+            return torch.sigmoid(query * key * self.scale + self.offsets[which])
         scores = query.unsqueeze(-1) * key.unsqueeze(-2) * self.scale  # (B, D, D) per sample
         return torch.diagonal(torch.softmax(scores, dim=-1), dim1=-2, dim2=-1)
 
-    def forward(self, specific_hat: Tensor, shared_hat: Tensor) -> tuple[Tensor, Tensor]:
-        """(û, r̂) each (B, D) -> (u, r) each (B, D)."""
+    def forward(self, specific_hat: Tensor, shared_hat: Tensor) -> tuple[Tensor, ...]:
+        """(û, r̂) each (B, D) -> (u, r, α, β) each (B, D)."""
         query_u, key_u, value_u = self.specific_qkv(specific_hat).chunk(3, dim=-1)
         query_r, key_r, value_r = self.shared_qkv(shared_hat).chunk(3, dim=-1)
-        alpha = self._channel_weights(query_u, key_r)
-        beta = self._channel_weights(query_r, key_u)
+        alpha = self._channel_weights(query_u, key_r, 0)
+        beta = self._channel_weights(query_r, key_u, 1)
         shared = (1 - alpha) * value_r + beta * value_u
         specific = (1 - beta) * value_u + alpha * value_r
-        return specific, shared
+        return specific, shared, alpha, beta
 
 
 class IAMD(nn.Module):
@@ -232,24 +251,27 @@ class IAMD(nn.Module):
     reconstruction of X_m for L_RE (eq. 10). Neither is on the prediction path.
     """
 
-    def __init__(self, width: int, householder_vectors: int, dropout: float, reconstruct: bool):
+    def __init__(self, width: int, householder_vectors: int, dropout: float, reconstruct: bool,
+                 mask_weights: str = "sigmoid"):
         super().__init__()
         self.split = LatentSplit(width, dropout)
         # The coupling net t maps D channels to D; its hidden width D is our choice (not given).
         self.flow = invertible_flow(2 * width, householder_vectors, coupling_hidden=width)
-        self.attention_mask = AttentionMask(width)
+        self.attention_mask = AttentionMask(width, mask_weights)
         # Eq. 10 writes ‖h̃_m − x_m‖²: "reconstruction in the input space" (METHOD.md §2). h̃ is
         # 2D wide and X_m D wide, so a decoder maps the disentangled [u_m; r_m] back to X_m.
         self.decoder = two_layer_mlp(2 * width, width, width, dropout) if reconstruct else None
 
     def forward(self, pooled: Tensor, recover: bool) -> dict[str, Tensor]:
-        """X_m (B, D) -> {'specific': u_m, 'shared': r_m, 'latent': h̃_m, and when asked
+        """X_m (B, D) -> {'specific': u_m, 'shared': r_m, 'latent': h̃_m, 'mask_alpha': α,
+        'mask_beta': β, and when asked
         'latent_recovered': F⁻¹([u_m; r_m]), 'reconstruction': decoder([u_m; r_m])}."""
         latent = torch.cat(self.split(pooled), dim=-1)
         specific_hat, shared_hat = self.flow(latent).chunk(2, dim=-1)
-        specific, shared = self.attention_mask(specific_hat, shared_hat)
+        specific, shared, alpha, beta = self.attention_mask(specific_hat, shared_hat)
         disentangled = torch.cat([specific, shared], dim=-1)
-        result = {"specific": specific, "shared": shared, "latent": latent}
+        result = {"specific": specific, "shared": shared, "latent": latent,
+                  "mask_alpha": alpha, "mask_beta": beta}
         if recover:
             result["latent_recovered"] = self.flow.inverse(disentangled)
         self.flow.forget()

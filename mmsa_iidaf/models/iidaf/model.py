@@ -6,7 +6,8 @@ held here so that its parameters live (and are saved) with the model. The losses
 """
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.text_encoders import TextEncoder
@@ -27,6 +28,13 @@ class IIDAF(nn.Module):
     - use_mic False: no MIC module at all (no parameters, no L_R / L_C / L_MI). MIC is a training
       constraint off the prediction path, so lambda_mi = 0 builds the same model.
     - use_sgaff False: `ConcatFusion`, one MLP head on all u and r; no branches, no γ.
+    Departures from the literal paper, each a config key (settings.py) with the paper's reading
+    available: `mask_weights`, `cmi_estimator`, `cmd_scale`, `lambda_branch`, and for modalities
+    that may mislead (a feature that leaks the label on train only), `modality_dropout` (each
+    modality's u_m and r_m zeroed at the fusion input for a random fraction of training samples)
+    and `modality_selection` (the trainer keeps, per validation, the modality set whose fusion
+    scores best on the validation split; stored in the `fused_modalities` buffer, so it travels
+    with the checkpoint).
     The decoder of L_RE is likewise only built when lambda_re > 0, and F⁻¹ for L_IN only run when
     lambda_in > 0: modules that exist only for a switched-off loss are not created.
     Only the modalities in `args.modalities` get parameters; the other inputs are ignored.
@@ -52,7 +60,8 @@ class IIDAF(nn.Module):
         if settings.use_iamd:
             reconstruct = float(settings.lambda_re) > 0
             self.disentanglers = nn.ModuleDict({
-                m: IAMD(width, int(settings.householder_vectors), float(settings.dropout), reconstruct)
+                m: IAMD(width, int(settings.householder_vectors), float(settings.dropout), reconstruct,
+                        settings.mask_weights)
                 for m in self.modalities
             })
         else:
@@ -63,10 +72,14 @@ class IIDAF(nn.Module):
         if settings.use_mic and float(settings.lambda_mi) > 0:
             label_dim = settings.output_dim  # 1 score (regression) or a one-hot (classification)
             self.mic = MIC(self.modalities, width, label_dim, int(settings.mic_proj_dim),
-                           int(settings.disc_hidden), int(settings.knn_k))
+                           int(settings.disc_hidden), int(settings.knn_k), settings.cmi_estimator)
 
         fusion = SGAFF if settings.use_sgaff else ConcatFusion
         self.fusion = fusion(self.modalities, width, settings.output_dim, float(settings.dropout))
+        self.modality_dropout = float(settings.modality_dropout)
+        # 1 for each built modality the fusion reads at evaluation; `modality_selection` may
+        # switch some off (the trainer's choice on the validation split).
+        self.register_buffer("fused_modalities", torch.ones(len(self.modalities)))
 
     @property
     def text_encoder(self) -> nn.Module | None:
@@ -89,11 +102,23 @@ class IIDAF(nn.Module):
           'shared_enhanced' {m: r_m^e}, 'specific_guided' {m: u_m^g} (empty without SGAFF);
           'encoded'       {m: pooled X_m (B, D)}, the encoder output IAMD starts from;
           'latent'        {m: h̃_m (B, 2D)} (IAMD only);
+          'mask_alpha', 'mask_beta' {m: α, β (B, D)}, the attention mask's weights (IAMD only);
           'latent_recovered' {m: F⁻¹([u_m; r_m])} (IAMD and lambda_in > 0);
           'reconstruction'   {m: decoder([u_m; r_m]) (B, D)} (IAMD and lambda_re > 0).
         'M_shared' / 'M_specific' are the "shared only" / "specific only" predictions of the
         paper's Table 8.
         """
+        representation = self.represent(text, audio, vision, audio_lengths, vision_lengths)
+        absent = None
+        if self.training and self.modality_dropout > 0 and len(self.modalities) > 1:
+            absent = self._random_absence(representation["shared"])
+        elif not self.training and not bool(self.fused_modalities.all()):
+            batch = next(iter(representation["shared"].values())).shape[0]
+            absent = (self.fused_modalities == 0).expand(batch, -1)
+        return self.fuse(representation, absent)
+
+    def represent(self, text, audio, vision, audio_lengths=None, vision_lengths=None) -> dict:
+        """Encoders (§2.1) and IAMD (§2.2): every output of `forward` but the fusion's."""
         inputs = {"t": text, "a": audio, "v": vision}
         for m in self.modalities:
             if inputs[m] is None:
@@ -105,7 +130,8 @@ class IIDAF(nn.Module):
                                {"a": audio_lengths, "v": vision_lengths})
 
         shared, specific = {}, {}
-        iamd_outputs = {"latent": {}, "latent_recovered": {}, "reconstruction": {}}
+        iamd_keys = ("latent", "latent_recovered", "reconstruction", "mask_alpha", "mask_beta")
+        iamd_outputs = {key: {} for key in iamd_keys}
         for m in self.modalities:
             if self.settings.use_iamd:
                 result = self.disentanglers[m](encoded[m], recover=self.recover_latent)
@@ -115,10 +141,31 @@ class IIDAF(nn.Module):
                         iamd_outputs[key][m] = result[key]
             else:
                 specific[m], shared[m] = self.disentanglers[m](encoded[m])
+        return {"shared": shared, "specific": specific, "encoded": encoded, **iamd_outputs}
 
+    def fuse(self, representation: dict, absent: Tensor | None = None) -> dict:
+        """SGAFF (§2.4) on a `represent` output; `absent` (B, M) bool marks modalities (in
+        `modalities` order) whose u_m and r_m the fusion reads as zeros for that sample."""
+        shared, specific = representation["shared"], representation["specific"]
+        if absent is not None:
+            keep = {m: (~absent[:, i]).unsqueeze(-1).to(shared[m].dtype)
+                    for i, m in enumerate(self.modalities)}
+            shared = {m: shared[m] * keep[m] for m in self.modalities}
+            specific = {m: specific[m] * keep[m] for m in self.modalities}
         outputs = self.fusion(shared, specific)
-        outputs.update(shared=shared, specific=specific, encoded=encoded, **iamd_outputs)
+        outputs.update(representation)
         return outputs
+
+    def _random_absence(self, shared: dict[str, Tensor]) -> Tensor:
+        """(B, M) bool: each modality absent with probability `modality_dropout`, never all."""
+        reference = next(iter(shared.values()))
+        batch, count = reference.shape[0], len(self.modalities)
+        absent = torch.rand(batch, count, device=reference.device) < self.modality_dropout
+        everything = absent.all(dim=1)
+        if everything.any():
+            keep = torch.randint(count, (int(everything.sum()),), device=reference.device)
+            absent[everything.nonzero().squeeze(1), keep] = False
+        return absent
 
     def text_encoder_parameters(self) -> list[nn.Parameter]:
         """The BERT-family encoder's parameters (empty without use_bert); frozen ones included,

@@ -1,5 +1,6 @@
 """§2.5 the joint objective (eq. 23):
-L = L_T + λ1 L_IN + λ2 L_S + λ3 L_H + λ4 L_RE + λ5 L_MI.
+L = L_T + λ1 L_IN + λ2 L_S + λ3 L_H + λ4 L_RE + λ5 L_MI (+ λ_branch L_BR, a departure, off in
+the paper's reading).
 """
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmsa_iidaf.losses import cmd, hsic
+from mmsa_iidaf.losses import cmd, hsic, scale_free_cmd
 
 from .iamd import invertibility_loss, reconstruction_loss
 from .settings import iidaf_settings
 
 CMD_MOMENTS = 5  # K of eq. 12-13
-TERMS = ("L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_R", "L_C")
+TERMS = ("L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_R", "L_C", "L_BR")
 
 
 def _mean(values: list[Tensor]) -> Tensor:
@@ -41,7 +42,9 @@ class IIDAFObjective:
             "L_H": float(self.settings.lambda_h),
             "L_RE": float(self.settings.lambda_re),
             "L_MI": float(self.settings.lambda_mi),
+            "L_BR": float(self.settings.lambda_branch),
         }
+        self.scale_free_alignment = self.settings.cmd_scale == "rms"
 
     def task_targets(self, labels: Tensor) -> Tensor:
         """MMSA labels (B,) or (B, 1) -> (B, 1) float scores (regression) or (B,) long classes."""
@@ -57,7 +60,13 @@ class IIDAFObjective:
         return F.cross_entropy(prediction, targets)
 
     def __call__(self, model, outputs: dict, labels: Tensor) -> dict[str, Tensor]:
-        """Returns {'L_T', 'L_IN', 'L_S', 'L_H', 'L_RE', 'L_MI', 'L_R', 'L_C', 'total'} scalars."""
+        """Returns {'L_T', 'L_IN', 'L_S', 'L_H', 'L_RE', 'L_MI', 'L_R', 'L_C', 'L_BR', 'total'}
+        scalars, plus detached per-part values for the logs: 'L_R[t-a]', 'L_R[t-z]', ... (each
+        InfoNCE term) and 'L_C[t]', ... (each modality's conditional-MI estimate).
+
+        L_BR (λ_branch > 0, SGAFF only): L_T of g(s) and of g(p), averaged: each branch must
+        predict on its own, so the gate γ weighs two real predictors.
+        """
         targets = self.task_targets(labels)
         prediction = outputs["M"]
         zero = prediction.new_zeros(())
@@ -75,7 +84,11 @@ class IIDAFObjective:
             reconstruction = self._require(outputs["reconstruction"], "a decoder (L_RE)")
             terms["L_RE"] = reconstruction_loss(reconstruction, outputs["encoded"])
         if self.weights["L_S"] > 0 and pairs:
-            terms["L_S"] = _mean([cmd(shared[a], shared[b], CMD_MOMENTS) for a, b in pairs])
+            # Eq. 12 assumes features bounded in [a, b]; r is not, so by default each modality's
+            # r is divided by its own RMS first (cmd_scale 'rms') and L_S cannot fall by
+            # shrinking r; 'none' is MISA's code (|b − a| = 1).
+            discrepancy = scale_free_cmd if self.scale_free_alignment else cmd
+            terms["L_S"] = _mean([discrepancy(shared[a], shared[b], CMD_MOMENTS) for a, b in pairs])
         if self.weights["L_H"] > 0:
             own = _mean([hsic(shared[m], specific[m]) for m in modalities])
             across = _mean([hsic(specific[a], specific[b]) for a, b in pairs]) if pairs else zero
@@ -84,12 +97,21 @@ class IIDAFObjective:
             mic = self._require(model.mic, "a MIC module (L_MI)")
             mutual_information = mic(shared, specific, targets, self.train_mode)
             terms.update({key: mutual_information[key] for key in ("L_R", "L_C", "L_MI")})
+            parts = {f"L_R[{pair}]": value for pair, value in mutual_information["pairs"].items()}
+            parts.update({f"L_C[{m}]": value
+                          for m, value in mutual_information["conditional"].items()})
+        else:
+            parts = {}
+        if self.weights["L_BR"] > 0 and outputs.get("M_shared") is not None:
+            terms["L_BR"] = 0.5 * (self.task_loss(outputs["M_shared"], targets)
+                                   + self.task_loss(outputs["M_specific"], targets))
 
         total = terms["L_T"]
         for key, weight in self.weights.items():
             if weight > 0:
                 total = total + weight * terms[key]
         terms["total"] = total
+        terms.update({key: value.detach() for key, value in parts.items()})
         return terms
 
     @staticmethod

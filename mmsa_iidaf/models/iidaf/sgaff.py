@@ -53,7 +53,8 @@ class SGAFF(nn.Module):
 
     def forward(self, shared: dict[str, Tensor], specific: dict[str, Tensor]) -> dict:
         """Returns {'M', 'M_shared' (g(s)), 'M_specific' (g(p)), 'gamma' (B, 1),
-        'shared_enhanced': {m: r_m^e}, 'specific_guided': {m: u_m^g}}."""
+        'shared_enhanced': {m: r_m^e}, 'specific_guided': {m: u_m^g}}.
+        An absent modality (see `IIDAF.fuse`) arrives as zero u_m and r_m."""
         enhanced = {m: self.shared_enhancers[m](shared[m]) for m in self.modalities}
         guided = {
             m: specific[m] + self.guides[m](torch.cat([specific[m], enhanced[m]], dim=-1))
