@@ -267,7 +267,7 @@ def test_zero_lambda_terms_are_not_computed(monkeypatch):
     zeros = dict(lambda_in=0.0, lambda_s=0.0, lambda_h=0.0, lambda_re=0.0, lambda_mi=0.0)
     model, objective = build(**zeros), IIDAFObjective(make_args(**zeros))
     monkeypatch.setattr(objective_module, "cmd", refuse)
-    monkeypatch.setattr(objective_module, "scale_free_cmd", refuse)
+    monkeypatch.setattr(objective_module, "range_cmd", refuse)
     monkeypatch.setattr(objective_module, "hsic", refuse)
     monkeypatch.setattr(iamd_module.InvertibleSequential, "inverse", refuse)
     outputs = model(*make_inputs())

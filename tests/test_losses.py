@@ -12,6 +12,7 @@ from mmsa_iidaf.losses import (
     hsic,
     knn_negative_indices,
     knn_negative_labels,
+    range_cmd,
     scale_free_cmd,
 )
 
@@ -240,3 +241,17 @@ def test_predictive_estimator_detects_planted_conditional_information():
 
 def test_predictive_estimator_is_near_zero_without_conditional_information():
     assert abs(_fitted_predictive_estimate(planted=False)) < 0.1
+
+
+def test_range_cmd_is_eq_12_with_the_empirical_range_and_resists_shrinking():
+    torch.manual_seed(0)
+    shared_t, shared_a = torch.randn(64, 16), 0.5 * torch.randn(64, 16) + 0.3
+    value = range_cmd(shared_t, shared_a)
+    assert torch.allclose(range_cmd(0.1 * shared_t, 0.1 * shared_a), value, rtol=1e-4)
+    assert range_cmd(0.1 * shared_t, shared_a) >= value  # shrinking one side does not help
+    span = torch.cat([shared_t, shared_a]).max() - torch.cat([shared_t, shared_a]).min()
+    terms = [(shared_t.mean(0) - shared_a.mean(0)).norm() / span]
+    for k in range(2, 6):
+        moment = lambda x: (x - x.mean(0)).pow(k).mean(0)  # noqa: E731
+        terms.append((moment(shared_t) - moment(shared_a)).norm() / span ** k)
+    assert torch.allclose(value, torch.stack(terms).sum(), rtol=1e-4)

@@ -1,6 +1,6 @@
 """Reusable loss pieces of IIDAF: CMD (L_S), HSIC (L_H), InfoNCE (L_R), conditional MI (L_C)."""
 
-from mmsa_iidaf.losses.cmd import cmd, root_mean_square, scale_free_cmd
+from mmsa_iidaf.losses.cmd import cmd, range_cmd, root_mean_square, scale_free_cmd
 from mmsa_iidaf.losses.conditional_mi import (
     ConditionalMIDiscriminator,
     PredictiveConditionalMI,
@@ -12,6 +12,7 @@ from mmsa_iidaf.losses.infonce import InfoNCE
 
 __all__ = [
     "cmd",
+    "range_cmd",
     "root_mean_square",
     "scale_free_cmd",
     "hsic",

@@ -58,3 +58,16 @@ def scale_free_cmd(x1: Tensor, x2: Tensor, n_moments: int = 5) -> Tensor:
     in the graph) removes that direction: only the shape of the two distributions counts.
     """
     return cmd(x1 / root_mean_square(x1), x2 / root_mean_square(x2), n_moments)
+
+
+def range_cmd(x1: Tensor, x2: Tensor, n_moments: int = 5) -> Tensor:
+    """Eq. 12 as written, with [a, b] the empirical range of both samples: the k-th moment term
+    divided by |b − a|^k. Rescaling both inputs rescales the range with them, so the value is
+    scale-invariant, and one input cannot lower it by shrinking alone (the other sets the range);
+    unlike division by each input's RMS, every term stays bounded as in the bounded-feature CMD
+    the paper's λ2 was set for. The range is in the graph: held fixed, its gradient would again
+    point at shrinking.
+    """
+    low = torch.minimum(x1.min(), x2.min())
+    span = (torch.maximum(x1.max(), x2.max()) - low).clamp_min(torch.finfo(x1.dtype).eps)
+    return cmd(x1 / span, x2 / span, n_moments)

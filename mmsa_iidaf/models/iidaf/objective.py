@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmsa_iidaf.losses import cmd, hsic, scale_free_cmd
+from mmsa_iidaf.losses import cmd, hsic, range_cmd
 
 from .iamd import invertibility_loss, reconstruction_loss
 from .settings import iidaf_settings
@@ -44,7 +44,7 @@ class IIDAFObjective:
             "L_MI": float(self.settings.lambda_mi),
             "L_BR": float(self.settings.lambda_branch),
         }
-        self.scale_free_alignment = self.settings.cmd_scale == "rms"
+        self.scale_free_alignment = self.settings.cmd_scale == "range"
 
     def task_targets(self, labels: Tensor) -> Tensor:
         """MMSA labels (B,) or (B, 1) -> (B, 1) float scores (regression) or (B,) long classes."""
@@ -84,10 +84,10 @@ class IIDAFObjective:
             reconstruction = self._require(outputs["reconstruction"], "a decoder (L_RE)")
             terms["L_RE"] = reconstruction_loss(reconstruction, outputs["encoded"])
         if self.weights["L_S"] > 0 and pairs:
-            # Eq. 12 assumes features bounded in [a, b]; r is not, so by default each modality's
-            # r is divided by its own RMS first (cmd_scale 'rms') and L_S cannot fall by
-            # shrinking r; 'none' is MISA's code (|b − a| = 1).
-            discrepancy = scale_free_cmd if self.scale_free_alignment else cmd
+            # Eq. 12 assumes features bounded in [a, b]; r is not, so by default [a, b] is the
+            # batch's range (cmd_scale 'range') and L_S cannot fall by shrinking r; 'none' is
+            # MISA's code (|b − a| = 1), which r can satisfy by shrinking.
+            discrepancy = range_cmd if self.scale_free_alignment else cmd
             terms["L_S"] = _mean([discrepancy(shared[a], shared[b], CMD_MOMENTS) for a, b in pairs])
         if self.weights["L_H"] > 0:
             own = _mean([hsic(shared[m], specific[m]) for m in modalities])

@@ -34,7 +34,7 @@ DEFAULTS = {
     # mosi_utt (benchmarks/mosi_utt_selection.md); the paper's reading is the other value.
     "mask_weights": "sigmoid",           # paper: "softmax" (α ≈ 1/D: the mask barely mixes)
     "cmi_estimator": "predictive",       # paper: "knn_discriminator" (φ at chance here)
-    "cmd_scale": "rms",                  # paper: "none" (L_S falls by shrinking r)
+    "cmd_scale": "range",                # paper: "none" (|b − a| = 1: L_S falls by shrinking r)
     "lambda_branch": 0.0,                # paper: 0 (no loss on g(s), g(p) alone)
     "modality_dropout": 0.0,             # paper: 0 (no modality dropout)
     "modality_selection": False,         # paper: False (fuse every modality)
@@ -52,7 +52,7 @@ DEFAULTS = {
 POOLINGS = ("mean", "max", "last")
 MASK_WEIGHTS = ("sigmoid", "softmax")
 CMI_ESTIMATORS = ("predictive", "knn_discriminator")
-CMD_SCALES = ("rms", "none")
+CMD_SCALES = ("range", "none")
 INPUT_NORMS = ("none", "batch")
 TRAIN_MODES = ("regression", "classification")
 
