@@ -16,12 +16,15 @@ For each modality the run uses, in turn, and for all of them at once ('all'), at
 
 Corruption is drawn per test sample from (corruption_seed, kind, modality, level, sample index),
 so every model (whatever its batch size or loader order) sees the same corrupted inputs, and
-'all' is exactly the union of the single-modality corruptions at that level. Batches are
+'all' is exactly the union of the single-modality corruptions at that level. Models that read
+time-averaged audio and vision (MMSA's `need_normalized`: TFN, LMF, MFN, LF_DNN, ...) get the
+same corrupted sequences, averaged afterwards as MMSA's dataset averages them. Batches are
 corrupted on the fly by a loader wrapper; each model's own trainer (`do_test`) scores them, so
 any MMSA model works with its own calling convention. The pickles are never rewritten.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -33,7 +36,10 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from mmsa_iidaf.analysis.checkpoint import in_order, load_run, row_checkpoint
+from easydict import EasyDict
+
+from mmsa_iidaf import registry
+from mmsa_iidaf.analysis.checkpoint import LoadedRun, in_order, load_run, row_checkpoint
 from mmsa_iidaf.runs import uses_bert
 
 logger = logging.getLogger("MMSA")
@@ -136,19 +142,44 @@ class Corruption:
         return text
 
 
-class CorruptedLoader:
-    """A loader whose batches pass through `corruption`: what MMSA's trainers iterate (they
-    also ask its length)."""
+def average_over_time(batch: dict) -> dict:
+    """MMSA's `need_normalized` on one batch (`MMDataset.__normalize`, the same numpy steps):
+    audio and vision become their mean over all time steps (padding included), NaN set to 0."""
+    batch = dict(batch)
+    for key in ("audio", "vision"):
+        steps_first = np.transpose(batch[key].numpy(), (1, 0, 2))
+        mean = np.mean(steps_first, axis=0, keepdims=True)
+        mean[mean != mean] = 0
+        batch[key] = torch.from_numpy(np.ascontiguousarray(np.transpose(mean, (1, 0, 2))))
+    return batch
 
-    def __init__(self, loader, corruption: Corruption):
-        self.loader, self.corruption = loader, corruption
+
+class CorruptedLoader:
+    """A loader whose batches pass through `corruption` (then, for a model that reads
+    time-averaged audio and vision, through `average_over_time`): what MMSA's trainers iterate
+    (they also ask its length)."""
+
+    def __init__(self, loader, corruption: Corruption, average: bool = False):
+        self.loader, self.corruption, self.average = loader, corruption, average
         self.dataset = loader.dataset
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        return (self.corruption(batch) for batch in self.loader)
+        for batch in self.loader:
+            batch = self.corruption(batch)
+            yield average_over_time(batch) if self.average else batch
+
+
+def sequence_loaders(run: LoadedRun) -> dict:
+    """The run's loaders; for a model that reads time-averaged audio and vision, loaders of the
+    same file without the averaging, so that time steps can go missing before it."""
+    if not run.args.get("need_normalized"):
+        return run.loaders
+    args = EasyDict(copy.deepcopy(dict(run.args)))
+    args["need_normalized"] = False
+    return registry.build_dataloaders(args, 0)
 
 
 def settings_for(modalities: str, kind: str, tokens: bool) -> list[tuple[str, str]]:
@@ -168,18 +199,20 @@ def evaluate_row(row, kind: str, levels: Iterable[float], corruption_seed: int) 
     run = load_run(config, row_checkpoint(row))
     tokens = uses_bert(run.args)
     modalities = run.args.get("modalities", "tav")
+    average = bool(run.args.get("need_normalized"))
+    loaders = sequence_loaders(run)
     std = {}
     if kind == "noise":
-        train = run.loaders["train"].dataset
+        train = loaders["train"].dataset
         std = {m: train_std(train, m) for m in modalities if not (m == "t" and tokens)}
-    test = in_order(run.loaders["test"])
+    test = in_order(loaders["test"])
     records = []
     for setting, letters in settings_for(modalities, kind, tokens):
         for level in levels:
             corruption = Corruption(kind, level, letters, corruption_seed, std, tokens)
             with torch.no_grad():
-                scores = run.trainer.do_test(run.model, CorruptedLoader(test, corruption),
-                                             mode="TEST")
+                scores = run.trainer.do_test(
+                    run.model, CorruptedLoader(test, corruption, average), mode="TEST")
             records.append({"model": _label(row), "seed": int(row["seed"]),
                             "dataset": config["dataset_name"], "modality": setting,
                             "kind": kind, "level": float(level), "corrupted": letters,
