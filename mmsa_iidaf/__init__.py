@@ -4,7 +4,7 @@
 `mmsa_iidaf.compat`, and registers this plugin's models and datasets; from then on
 `MMSA.MMSA_run('iidaf', 'mosi', ...)` works, and so does every MMSA baseline.
 """
-from .registry import install as _install
+from .wiring import install as _install
 
 _install()
 

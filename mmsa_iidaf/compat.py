@@ -9,7 +9,7 @@ in `patches/` for upstream.
 Where a defect sits inside a function body (B3, B5), the fix rewrites that function's source text,
 and refuses to apply, loudly, if the text is not 2.2.1's.
 
-Nothing here is called by users: `mmsa_iidaf.registry.install()` applies every fix.
+Nothing here is called by users: `mmsa_iidaf.wiring.install()` applies every fix.
 """
 from __future__ import annotations
 
@@ -280,9 +280,10 @@ def _b9():
 # CKPT: one checkpoint file `{model}-{dataset}.pth` serves every seed and every earlier run; a
 #       run whose validation metric never improves silently tests a stale model.
 # TUNE: tuning mode scores every trial on the test split.
-# The fixed run is `run_one_seed`; `registry` passes the plugin's hooks (argument preparation
+# The fixed run is `run_one_seed`; `wiring` passes the plugin's hooks (argument preparation
 # and per-seed records) to it. "before" hooks get the args; "after" hooks get the args, the
-# results, whether it was a tuning trial, and the seed's run (model, dataloader, trainer).
+# results, whether it was a tuning trial, and the seed's run (model, dataloader, trainer, and
+# the test split's per-sample `predictions`, None in tuning mode).
 
 RUN_HOOKS: dict[str, list[Callable]] = {"before": [], "after": []}
 # The split that scores a tuning trial: MMSA's "test" until the TUNE fix makes it "valid".
@@ -290,9 +291,43 @@ TUNE_SPLIT = "test"
 
 
 def checkpoint_path(args) -> Path:
-    """One checkpoint per model, dataset and seed: nothing is shared between seeds or runs."""
+    """One checkpoint per model, dataset and seed: nothing is shared between seeds or runs. A
+    named variant of a model (`run_name`, e.g. an ablation's `iidaf[-mic]`) has its own."""
     directory = Path(args["model_save_path"]).parent
-    return directory / f"{args['model_name']}-{args['dataset_name']}-seed{args['seed']}.pth"
+    name = args.get("run_name") or args["model_name"]
+    return directory / f"{name}-{args['dataset_name']}-seed{args['seed']}.pth"
+
+
+def test_with_predictions(trainer, model, loader) -> tuple[dict, dict]:
+    """The trainer's own test pass, plus what it predicted for each sample.
+
+    MMSA's loaders shuffle every split and only some trainers can return per-sample results, but
+    every trainer scores the whole split with one `self.metrics(pred, true)` call (multi-task
+    trainers call it for 'M' first). So the split is read in file order and that first call's
+    arguments are kept: ids come from the dataset, in the same order."""
+    from torch.utils.data import DataLoader
+
+    ordered = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+                         num_workers=loader.num_workers)
+    calls = []
+    score = trainer.metrics
+
+    def keep(pred, true):
+        calls.append((pred, true))
+        return score(pred, true)
+
+    trainer.metrics = keep
+    try:
+        results = trainer.do_test(model, ordered, mode="TEST")
+    finally:
+        trainer.metrics = score
+    pred, true = (np.asarray(t.detach().cpu() if hasattr(t, "detach") else t) for t in calls[0])
+    labels = np.asarray(loader.dataset.labels["M"], dtype=np.float64).reshape(-1)
+    if len(pred) != len(labels) or not np.allclose(true.reshape(-1), labels, atol=1e-4):
+        raise RuntimeError(f"{type(trainer).__name__}.do_test scored its samples out of order")
+    pred = pred.reshape(len(labels), -1)  # one column per output: (n, 1) or a classifier's (n, k)
+    return results, {"id": np.asarray(loader.dataset.ids).astype(str), "y_true": labels,
+                     "y_pred": pred[:, 0] if pred.shape[1] == 1 else pred}
 
 
 def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
@@ -319,6 +354,7 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
             "checkpoint was saved; testing the weights of the last epoch"
         )
     model.to(args["device"])
+    predictions = None
     if from_sena:
         final_results = {
             split: trainer.do_test(model, dataloader[split], mode=split.upper(),
@@ -330,8 +366,9 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
         results = trainer.do_test(model, dataloader[TUNE_SPLIT], mode=TUNE_SPLIT.upper())
         Path(args["model_save_path"]).unlink(missing_ok=True)
     else:
-        results = trainer.do_test(model, dataloader["test"], mode="TEST")
-    seed_run = types.SimpleNamespace(model=model, dataloader=dataloader, trainer=trainer)
+        results, predictions = test_with_predictions(trainer, model, dataloader["test"])
+    seed_run = types.SimpleNamespace(model=model, dataloader=dataloader, trainer=trainer,
+                                     predictions=predictions)
     for hook in RUN_HOOKS["after"]:
         hook(args, results, is_tune, seed_run)
     del model, seed_run

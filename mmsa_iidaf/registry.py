@@ -1,10 +1,11 @@
-"""The one place that touches MMSA's internals: models, trainers, config, datasets and metrics.
+"""Names: the models, datasets and config sections MMSA can find, and the hooks that make it look.
 
 MMSA 2.2.1 has no plugin API: its model and trainer maps are built inside `AMIO.__init__` and
 `ATIO.__init__`, its config comes from one packaged JSON file, `MMDataset` knows three datasets
-and `MetricsTop` three metric sets. `install()` (run by `import mmsa_iidaf`) opens each of these
-to registration by name, applies the runtime fixes of `compat`, and puts this plugin's `MMSA_run`
-in MMSA's place. Nothing installed on disk is edited.
+and `MetricsTop` three metric sets. `open_mmsa()` makes each of these look names up here. This
+module only names things; running them is `runs` (one run) and `experiments` (many), and
+`wiring.install()` (run by `import mmsa_iidaf`) puts it all together. Nothing installed on disk
+is edited.
 
 Adding a model:  register_model("name", ModelClass, TrainerClass) and a "name" section in
 configs/config_regression.json (and config_tune.json for `-t`).
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from . import compat, encoder_cache, runs
+from . import encoder_cache
 from .errors import ConfigError, UnknownNameError
 from .text_encoders import resolve_pretrained
 
@@ -314,18 +315,13 @@ def _get_metrics(original: Callable) -> Callable:
     return getMetics
 
 
-def _select_modalities(dataset) -> None:
+def select_modalities(dataset) -> None:
     """MMSA's models cannot drop a modality: the features of those not asked for are zeroed (for
     `iidaf`, which builds no branch for them, this changes nothing)."""
     modalities = dataset.args.get("modalities", "tav")
     for letter, attribute in (("t", "text"), ("a", "audio"), ("v", "vision")):
         if letter not in modalities:
             setattr(dataset, attribute, np.zeros_like(getattr(dataset, attribute)))
-
-
-def _cache_frozen_text(dataset) -> None:
-    if runs.frozen_text_encoder(dataset.args) and dataset.args.get("cache_text_states", True):
-        encoder_cache.precompute(dataset.args["pretrained"], dataset.text)
 
 
 def _bert_encoder_init(original: Callable) -> Callable:
@@ -344,15 +340,15 @@ def _bert_encoder_forward(original: Callable) -> Callable:
     return forward
 
 
-_installed = False
+_opened = False
 
 
-def install() -> None:
-    """Open MMSA to registration, apply the runtime fixes, and register this plugin (idempotent)."""
-    global _installed
-    if _installed:
+def open_mmsa() -> None:
+    """Make MMSA's model, trainer, dataset, metric, config and BERT lookups consult this
+    registry (idempotent). Data hooks are added to `DATA_HOOKS` by whoever needs them."""
+    global _opened
+    if _opened:
         return
-    import MMSA
     import MMSA.config
     import MMSA.run
     from MMSA.data_loader import MMDataset
@@ -361,7 +357,6 @@ def install() -> None:
     from MMSA.trains.ATIO import ATIO
     from MMSA.utils.metricsTop import MetricsTop
 
-    compat.apply_all()
     AMIO.__init__ = _amio_init(AMIO.__init__)
     ATIO.getTrain = _atio_get_train(ATIO.getTrain)
     MMDataset.__init__ = _dataset_init(MMDataset.__init__)
@@ -370,18 +365,6 @@ def install() -> None:
     for module in (MMSA.config, MMSA.run):
         module.get_config_regression = _config_with(MMSA.config.get_config_regression, "regression")
         module.get_config_tune = _config_with(MMSA.config.get_config_tune, "tune")
-    compat.RUN_HOOKS["before"].append(runs.prepare_args)
-    compat.RUN_HOOKS["after"].append(runs.record_seed)
-    compat.RUN_HOOKS["after"].append(runs.write_diagnostics)
-
     BertTextEncoder.__init__ = _bert_encoder_init(BertTextEncoder.__init__)
     BertTextEncoder.forward = _bert_encoder_forward(BertTextEncoder.forward)
-    DATA_HOOKS.extend([_select_modalities, _cache_frozen_text])
-
-    from . import plugin
-
-    plugin.register_all()
-    fixed_mmsa_run = MMSA.run.MMSA_run
-    entry_point = runs.make_mmsa_run(fixed_mmsa_run)
-    MMSA.MMSA_run = MMSA.run.MMSA_run = entry_point
-    _installed = True
+    _opened = True

@@ -2,8 +2,12 @@
 
 `make_mmsa_run` builds the `MMSA_run` that `import mmsa_iidaf` puts in MMSA's place: MMSA's
 signature and behaviour, plus name checks, feature-file checks before any training, the GPU
-fallback warning, and a per-seed results file. `prepare_args` and `record_seed` run around each
-seed (through `compat.run_one_seed`).
+fallback warning, and a per-seed results file. `prepare_args` runs before each seed,
+`record_seed`, `write_predictions` and `write_diagnostics` after it (`compat.run_one_seed` calls
+them; `wiring` hangs them there).
+
+A run may carry a `run_name` in its config (an ablation's `iidaf[-mic]`): its seeds file,
+checkpoints and predictions are named by it instead of the model, so variants never mix.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import warnings
 from pathlib import Path
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -109,8 +114,31 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def run_name(args) -> str:
+    return args.get("run_name") or args["model_name"]
+
+
 def seeds_csv_path(args) -> Path:
-    return Path(args["res_save_dir"]) / f"{args['model_name']}-{args['dataset_name']}-seeds.csv"
+    return seeds_csv(args["res_save_dir"], run_name(args), args["dataset_name"])
+
+
+def seeds_csv(res_save_dir, name: str, dataset_name: str) -> Path:
+    return Path(res_save_dir) / f"{name}-{dataset_name}-seeds.csv"
+
+
+def predictions_path(res_save_dir, name: str, dataset_name: str, seed: int) -> Path:
+    return Path(res_save_dir) / "predictions" / f"{name}-{dataset_name}-seed{seed}.npz"
+
+
+def write_predictions(args, results, is_tune: bool, seed_run) -> None:
+    """The test split's per-sample predictions of this seed: `id`, `y_true`, `y_pred` (one value
+    per sample, or a classifier's logits), for paired statistics over samples."""
+    if seed_run.predictions is None or "res_save_dir" not in args:
+        return
+    path = predictions_path(args["res_save_dir"], run_name(args), args["dataset_name"],
+                            args["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **seed_run.predictions)
 
 
 def write_diagnostics(args, results, is_tune: bool, seed_run) -> None:
@@ -139,6 +167,7 @@ def record_seed(args, results, is_tune: bool, seed_run=None) -> None:
     row = {"seed": args["seed"], **metrics}
     row.update({
         "model": args["model_name"],
+        "name": run_name(args),
         "dataset": args["dataset_name"],
         "modalities": args["modalities"],
         "text_encoder": args.get("text_encoder", "none"),
@@ -148,6 +177,8 @@ def record_seed(args, results, is_tune: bool, seed_run=None) -> None:
         "torch_version": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "checkpoint": str(args["model_save_path"]),
+        "config_sha256": args.get("config_sha256", ""),
         "config": json.dumps({k: v for k, v in args.items()}, default=str, sort_keys=True),
     })
     path = seeds_csv_path(args)
@@ -171,6 +202,38 @@ def select_gpus(gpu_ids) -> list:
     return gpu_ids
 
 
+def run_config(model_name: str, dataset_name: str, config: dict | None, res_save_dir) -> dict:
+    """The `config=` overrides MMSA's own MMSA_run gets: the caller's, completed."""
+    config = dict(config or {})
+    config.setdefault("train_mode", registry.train_mode(model_name, dataset_name))
+    config["modalities"] = normalize_modalities(config.get("modalities", MODALITIES))
+    config["res_save_dir"] = str(res_save_dir)
+    return config
+
+
+def preview_config(model_name: str, dataset_name: str, config_file, config: dict,
+                   is_tune: bool = False, **feature_paths) -> dict:
+    """The config a run will start from, before MMSA adds the device and the seed."""
+    preview = registry.config_for(model_name, dataset_name, config_file, tune=is_tune)
+    preview.update(config)
+    preview.update(feature_paths)
+    return preview
+
+
+# Where the results and the data are read from is not what the numbers depend on (the data's
+# content is: its sha256 has a column of its own).
+_NOT_FINGERPRINTED = ("res_save_dir", "custom_feature", "feature_T", "feature_A", "feature_V",
+                      "config_sha256")
+
+
+def config_fingerprint(preview) -> str:
+    """sha256 of a run's config as `preview_config` builds it: two runs with the same
+    fingerprint, feature sha256 and seed are the same run (the comparison skips it)."""
+    settings = {k: v for k, v in preview.items() if k not in _NOT_FINGERPRINTED}
+    text = json.dumps(settings, default=str, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def make_mmsa_run(mmsa_run: Callable) -> Callable:
     """MMSA_run with MMSA's signature, checked before any training starts."""
 
@@ -187,18 +250,14 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
         config_file = compat.normalize_config_file(config_file)
         registry.check_names(model_name, dataset_name)
         model_name, dataset_name = model_name.lower(), dataset_name.lower()
-        config = dict(config or {})
-        config.setdefault("train_mode", registry.train_mode(model_name, dataset_name))
-        config["modalities"] = normalize_modalities(config.get("modalities", MODALITIES))
-        config["res_save_dir"] = str(res_save_dir)
-
-        preview = registry.config_for(model_name, dataset_name, config_file, tune=is_tune)
-        preview.update(config)
-        preview.update(custom_feature=custom_feature, feature_T=feature_T,
-                       feature_A=feature_A, feature_V=feature_V)
+        config = run_config(model_name, dataset_name, config, res_save_dir)
+        preview = preview_config(model_name, dataset_name, config_file, config, is_tune,
+                                 custom_feature=custom_feature, feature_T=feature_T,
+                                 feature_A=feature_A, feature_V=feature_V)
         check_feature_files(preview)
         if uses_bert(preview):
             resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
+        config["config_sha256"] = config_fingerprint(preview)
 
         return mmsa_run(
             model_name, dataset_name, config_file, config, list(seeds), is_tune, tune_times,
@@ -209,6 +268,7 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
     MMSA_run.__doc__ = (mmsa_run.__doc__ or "") + (
         "\n    mmsa_iidaf: names, feature files and the text encoder are checked before any "
         "training;\n    each seed's test results are appended to "
-        "{res_save_dir}/{model}-{dataset}-seeds.csv as it finishes.\n"
+        "{res_save_dir}/{model}-{dataset}-seeds.csv as it finishes, and its per-sample test\n"
+        "    predictions written to {res_save_dir}/predictions/{model}-{dataset}-seed{seed}.npz.\n"
     )
     return MMSA_run

@@ -1,0 +1,41 @@
+"""`import mmsa_iidaf` in one function: the floors of the plugin, joined in MMSA.
+
+Above `registry` (names), `compat` (MMSA's defects) and `runs` (one run), so that none of them
+needs another: `install()` applies the fixes, makes MMSA look names up in the registry, hangs the
+per-run hooks on MMSA's seed loop, registers the plugin's models and datasets, and puts the
+checked `MMSA_run` in MMSA's place.
+"""
+from __future__ import annotations
+
+from . import compat, encoder_cache, registry, runs
+
+_installed = False
+
+
+def cache_frozen_text(dataset) -> None:
+    """A data hook: a frozen encoder's text states, computed once per split."""
+    if runs.frozen_text_encoder(dataset.args) and dataset.args.get("cache_text_states", True):
+        encoder_cache.precompute(dataset.args["pretrained"], dataset.text)
+
+
+def install() -> None:
+    """Open MMSA to registration, apply the runtime fixes, and register this plugin (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    import MMSA
+    import MMSA.run
+
+    compat.apply_all()
+    registry.open_mmsa()
+    registry.DATA_HOOKS.extend([registry.select_modalities, cache_frozen_text])
+    compat.RUN_HOOKS["before"].append(runs.prepare_args)
+    compat.RUN_HOOKS["after"].extend([runs.record_seed, runs.write_predictions,
+                                      runs.write_diagnostics])
+
+    from . import plugin
+
+    plugin.register_all()
+    entry_point = runs.make_mmsa_run(MMSA.run.MMSA_run)
+    MMSA.MMSA_run = MMSA.run.MMSA_run = entry_point
+    _installed = True
