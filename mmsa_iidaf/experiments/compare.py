@@ -1,0 +1,289 @@
+"""Several models, or variants of one, trained side by side on one feature file: the table.
+
+`compare(models, dataset, seeds, ...)` plans every (model, seed), checks everything it can before
+training, skips what its seeds files already hold (same config fingerprint, same feature sha256),
+trains the rest through the ordinary `MMSA_run` (one call per model, so every seed's row and
+predictions are saved as the seed finishes), and then reads the seeds files back into
+`compare-{dataset}.csv` and `compare-{dataset}.md` in `res_save_dir`. The first model is the
+reference of the p-values and of the MAE differences.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .. import compat, registry, runs
+from ..errors import ConfigError, FeatureFileError
+from . import ablations, statistics
+
+# MMSA_run's default seeds.
+DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the comparison: `name` (a model, or a variant like `iidaf[-mic]`), the model
+    it trains, the `config=` it trains with, and what identifies its finished seeds."""
+    name: str
+    model: str
+    config: dict
+    fingerprint: str
+    feature_file: Path
+    feature_sha256: str
+
+
+def plan_names(models: list[str], ablation: str | None) -> list[tuple[str, str, dict]]:
+    """(name, model, overrides) per row. An ablation puts iidaf's variants first, the full model
+    leading, so that p-values are against it."""
+    models = list(dict.fromkeys(model.lower() for model in models))
+    rows = [(model, model, {}) for model in models]
+    if ablation is None:
+        return rows
+    variants = ablations.variants(ablation)
+    if ablations.MODEL not in models:
+        raise ConfigError(f"--ablation {ablation} varies {ablations.MODEL}: add -m "
+                          f"{ablations.MODEL}")
+    return ([(name, ablations.MODEL, overrides) for name, overrides in variants.items()]
+            + [row for row in rows if row[0] != ablations.MODEL])
+
+
+def plan(models, dataset, *, ablation=None, config_file=None, config=None, model_configs=None,
+         res_save_dir, **feature_paths) -> list[Entry]:
+    """Every row of the comparison, each checked as `MMSA_run` would check it, before any
+    training; all on one feature file."""
+    config_file = compat.normalize_config_file(config_file)
+    for model in models:
+        registry.check_names(model, dataset)
+    entries, hashes = [], {}
+    for name, model, overrides in plan_names(models, ablation):
+        run_config = {**(config or {}), **(model_configs or {}).get(model, {}), **overrides}
+        if name != model:
+            run_config["run_name"] = name
+        run_config = runs.run_config(model, dataset, run_config, res_save_dir)
+        preview = runs.preview_config(model, dataset, config_file, run_config, **feature_paths)
+        runs.check_feature_files(preview)
+        feature = runs.feature_files(preview)[0].resolve()
+        if feature not in hashes:
+            hashes[feature] = runs.file_sha256(feature)
+        entries.append(Entry(name, model, run_config, runs.config_fingerprint(preview), feature,
+                             hashes[feature]))
+    if len(hashes) > 1:
+        raise FeatureFileError(
+            f"the models of this comparison read different feature files "
+            f"({', '.join(map(str, hashes))}): compare them on one file with -f PATH"
+        )
+    return entries
+
+
+def seeds_rows(entry: Entry, dataset: str, res_save_dir) -> pd.DataFrame:
+    """The entry's seeds file; rows written before config fingerprints existed match none."""
+    path = runs.seeds_csv(res_save_dir, entry.name, dataset)
+    rows = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["seed"])
+    for column in ("feature_sha256", "config_sha256"):
+        if column not in rows:
+            rows[column] = ""
+    return rows
+
+
+def check_feature_file_matches(entries: list[Entry], dataset: str, res_save_dir) -> None:
+    """A comparison reads and rewrites its models' seeds files: rows made on another feature
+    file would mix two data sets in one table."""
+    for entry in entries:
+        rows = seeds_rows(entry, dataset, res_save_dir)
+        other = rows[rows["feature_sha256"] != entry.feature_sha256]
+        if len(other):
+            path = runs.seeds_csv(res_save_dir, entry.name, dataset)
+            raise FeatureFileError(
+                f"{path} has {len(other)} row(s) made on another feature file (sha256 "
+                f"{str(other['feature_sha256'].iloc[0])[:12]}…, not {entry.feature_sha256[:12]}… "
+                f"of {entry.feature_file}): use another --res-save-dir, or move that file away"
+            )
+
+
+def finished(entry: Entry, dataset: str, res_save_dir, seeds) -> pd.DataFrame:
+    """The entry's rows of `seeds` made with its config and feature file, the latest per seed."""
+    rows = seeds_rows(entry, dataset, res_save_dir)
+    same = ((rows["config_sha256"] == entry.fingerprint)
+            & (rows["feature_sha256"] == entry.feature_sha256) & rows["seed"].isin(seeds))
+    return rows[same].drop_duplicates("seed", keep="last")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool):
+    """A bar over the (model, seed) grid, advanced as each seed's row is written."""
+    bar = tqdm(total=total, desc="comparison", unit="run", disable=not enabled or total == 0)
+
+    def advance(args, results, is_tune, seed_run):
+        bar.set_postfix_str(f"{runs.run_name(args)} seed {args['seed']}")
+        bar.update()
+
+    compat.RUN_HOOKS["after"].append(advance)
+    try:
+        yield
+    finally:
+        compat.RUN_HOOKS["after"].remove(advance)
+        bar.close()
+
+
+def metric_names(rows: list[pd.DataFrame]) -> list[str]:
+    """The metric columns of seeds rows: `record_seed` writes them between `seed` and `model`."""
+    names = []
+    for table in rows:
+        columns = list(table.columns)
+        if "model" in columns:
+            names += [c for c in columns[1:columns.index("model")] if c not in names]
+    return names
+
+
+def load_predictions(name: str, dataset: str, res_save_dir, seeds) -> pd.DataFrame:
+    """seed, id, y_true, y_pred of every seed whose predictions file exists (one value per
+    sample; a classifier's logits have no MAE and are left out)."""
+    frames = []
+    for seed in seeds:
+        path = runs.predictions_path(res_save_dir, name, dataset, seed)
+        if not path.is_file():
+            continue
+        with np.load(path) as data:
+            if data["y_pred"].ndim != 1:
+                continue
+            frames.append(pd.DataFrame({"seed": seed, "id": data["id"], "y_true": data["y_true"],
+                                        "y_pred": data["y_pred"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["seed", "id", "y_true", "y_pred"])
+
+
+def build_table(entries: list[Entry], dataset: str, res_save_dir,
+                seeds) -> tuple[pd.DataFrame, list[str]]:
+    """(the comparison table, its metrics) from the seeds files and the predictions."""
+    rows = {entry.name: finished(entry, dataset, res_save_dir, seeds) for entry in entries}
+    metrics = metric_names(list(rows.values()))
+    table = statistics.seed_summary(rows, metrics)
+    if "MAE" in metrics:
+        reference = load_predictions(entries[0].name, dataset, res_save_dir, seeds)
+        intervals = []
+        for entry in entries:
+            if entry is entries[0]:
+                intervals.append((math.nan,) * 3)
+                continue
+            pairs = statistics.paired_samples(
+                reference, load_predictions(entry.name, dataset, res_save_dir, seeds))
+            intervals.append(statistics.mae_difference(
+                pairs["y_true"], pairs["y_pred_reference"], pairs["y_pred_other"]))
+        table[["MAE_diff", "MAE_diff_low", "MAE_diff_high"]] = intervals
+    return table, metrics
+
+
+def _value(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: str,
+             entry: Entry, seeds) -> str:
+    """The table for a paper: mean ± std per metric, best in bold, † where p < 0.05."""
+    reference = table["model"].iloc[0]
+    lines = [
+        f"# Comparison on {dataset}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Feature file: `{entry.feature_file}`, sha256 `{entry.feature_sha256}`",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; mean ± sample std over the seeds each model "
+        f"finished; best per column in **bold** (lowest MAE and Loss, highest otherwise); † p < "
+        f"0.05 in a paired t-test against `{reference}` over the seeds both finished.",
+    ]
+    has_diff = "MAE_diff" in table
+    if has_diff:
+        lines.append(f"ΔMAE: MAE minus `{reference}`'s over the test samples of all seeds, paired "
+                     f"by (seed, id), with a paired bootstrap 95 % interval.")
+    header = ["model", "seeds", *metrics] + (["ΔMAE [95 % CI]"] if has_diff else [])
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = {metric: statistics.best_rows(table, metric) for metric in metrics}
+    for index, row in table.iterrows():
+        cells = [f"`{row['model']}`", str(row["n_seeds"])]
+        for metric in metrics:
+            cell = _value(row[f"{metric}_mean"], row[f"{metric}_std"])
+            if best[metric][index]:
+                cell = f"**{cell}**"
+            if row[f"{metric}_p"] < 0.05:
+                cell += " †"
+            cells.append(cell)
+        if has_diff:
+            cells.append("—" if math.isnan(row["MAE_diff"]) else
+                         f"{row['MAE_diff']:+.4f} [{row['MAE_diff_low']:+.4f}, "
+                         f"{row['MAE_diff_high']:+.4f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, write) -> None:
+    """Write through a partial file, so that an interruption leaves the old file whole."""
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    os.replace(partial, path)
+
+
+def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
+            config_file=None, config: dict | None = None,
+            model_configs: dict[str, dict] | None = None, custom_feature=None,
+            feature_T=None, feature_A=None, feature_V=None, gpu_ids=None,
+            num_workers: int = 0, verbose_level: int = 1,
+            model_save_dir=runs.DEFAULT_HOME / "saved_models",
+            res_save_dir=runs.DEFAULT_HOME / "results", log_dir=runs.DEFAULT_HOME / "logs",
+            command: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train every (model, seed) on one feature file and return the comparison table.
+
+    `models`: MMSA model names, the first the reference; `ablation`: "modules", "losses" or
+    "modalities" adds iidaf's variants (`iidaf[-mic]`, ...), the full iidaf first; `config`:
+    overrides for every model, `model_configs`: {model: overrides} on top. Other arguments are
+    MMSA_run's. Seeds already in the seeds files with the same config and feature file are
+    not trained again. Writes `compare-{dataset}.csv` (the returned table) and `.md` in
+    `res_save_dir`. Raises a `UserError` before any training for bad names, files or configs."""
+    import MMSA
+
+    dataset = dataset.lower()
+    seeds = list(dict.fromkeys(seeds)) or list(DEFAULT_SEEDS)
+    feature_paths = {"custom_feature": custom_feature, "feature_T": feature_T,
+                     "feature_A": feature_A, "feature_V": feature_V}
+    entries = plan(list(models), dataset, ablation=ablation, config_file=config_file,
+                   config=config, model_configs=model_configs, res_save_dir=res_save_dir,
+                   **feature_paths)
+    check_feature_file_matches(entries, dataset, res_save_dir)
+
+    pending = {entry.name: [s for s in seeds if s not in
+                            set(finished(entry, dataset, res_save_dir, seeds)["seed"])]
+               for entry in entries}
+    total = len(entries) * len(seeds)
+    skipped = total - sum(map(len, pending.values()))
+    if skipped:
+        print(f"comparison: {skipped} of {total} (model, seed) runs already in {res_save_dir} "
+              f"with the same config and feature file: skipped")
+    with progress_bar(total - skipped, progress):
+        for entry in entries:
+            if pending[entry.name]:
+                MMSA.MMSA_run(
+                    entry.model, dataset, config_file=config_file, config=entry.config,
+                    seeds=pending[entry.name], gpu_ids=gpu_ids, num_workers=num_workers,
+                    verbose_level=verbose_level, model_save_dir=model_save_dir,
+                    res_save_dir=res_save_dir, log_dir=log_dir, **feature_paths)
+
+    table, metrics = build_table(entries, dataset, res_save_dir, seeds)
+    if command is None:
+        command = (f"mmsa_iidaf.compare({list(models)!r}, {dataset!r}, seeds={seeds!r}"
+                   + (f", ablation={ablation!r}" if ablation else "") + ")")
+    res_dir = Path(res_save_dir)
+    res_dir.mkdir(parents=True, exist_ok=True)
+    _write(res_dir / f"compare-{dataset}.csv", lambda path: table.to_csv(path, index=False))
+    text = markdown(table, metrics, dataset=dataset, command=command, entry=entries[0],
+                    seeds=seeds)
+    _write(res_dir / f"compare-{dataset}.md", lambda path: path.write_text(text))
+    return table

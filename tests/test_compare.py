@@ -1,0 +1,216 @@
+"""Comparisons (`run.py -m A -m B`, `mmsa_iidaf.compare`), their statistics, resuming, ablations.
+
+One small grid (lf_dnn and a tiny iidaf, two seeds) is trained once per module and reused;
+every other test reads it, resumes it, or runs pure statistics.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import MMSA
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import mmsa_iidaf
+from mmsa_iidaf import cli
+from mmsa_iidaf.data.synthetic import write_dataset
+from mmsa_iidaf.errors import ConfigError, UnknownNameError
+from mmsa_iidaf.experiments import statistics
+
+# Tiny widths and one short epoch: these tests are about the plumbing.
+TINY_IIDAF = {"d_model": 16, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
+              "mic_proj_dim": 8, "disc_hidden": 8, "max_epochs": 1, "early_stop": 1}
+FAST = {"lf_dnn": {"commonParams": {"early_stop": 1}},
+        "iidaf": {"commonParams": TINY_IIDAF, "datasetParams": {"mosi": {"batch_size": 16}}}}
+METRICS = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5",
+           "Mult_acc_7", "MAE", "Corr", "Loss"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("compare")
+    write_dataset(root / "tiny.pkl", preset="mosi", n_train=32, n_valid=16, n_test=16,
+                  seq_lens=(4, 4, 4), seed=1)
+    write_dataset(root / "other.pkl", preset="mosi", n_train=32, n_valid=16, n_test=16,
+                  seq_lens=(4, 4, 4), seed=2)
+    (root / "fast.json").write_text(json.dumps(FAST))
+    return root
+
+
+def argv(root: Path, *models: str, seeds=(1, 2), feature="tiny.pkl", extra=()) -> list[str]:
+    args = [arg for model in models for arg in ("-m", model)]
+    args += ["-d", "mosi", "-f", str(root / feature), "-c", str(root / "fast.json"), "-v", "0",
+             "--res-save-dir", str(root / "results"), "--model-save-dir", str(root / "models"),
+             "--log-dir", str(root / "logs")]
+    return args + [arg for seed in seeds for arg in ("-s", str(seed))] + list(extra)
+
+
+@pytest.fixture(scope="module")
+def grid(workspace):
+    """lf_dnn against iidaf, seeds 1 and 2, through run.py's main: (root, its argv)."""
+    args = argv(workspace, "lf_dnn", "iidaf")
+    assert cli.main(args) == 0
+    return workspace, args
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_grid_writes_seeds_rows_table_and_predictions(grid, mmsa_logger):
+    root, args = grid
+    results = root / "results"
+    for model in ("lf_dnn", "iidaf"):
+        rows = pd.read_csv(results / f"{model}-mosi-seeds.csv")
+        assert rows["seed"].tolist() == [1, 2] and set(rows["name"]) == {model}
+        assert all(Path(path).is_file() for path in rows["checkpoint"])
+        assert rows["checkpoint"].tolist() == [
+            str(root / "models" / f"{model}-mosi-seed{seed}.pth") for seed in (1, 2)]
+        for seed in (1, 2):
+            with np.load(results / "predictions" / f"{model}-mosi-seed{seed}.npz") as saved:
+                assert set(saved.files) == {"id", "y_true", "y_pred"}
+                assert saved["y_pred"].shape == saved["y_true"].shape == (16,)
+                # The file's MAE is the row's: same samples, same predictions.
+                mae = np.abs(saved["y_pred"] - saved["y_true"]).mean()
+                assert mae == pytest.approx(rows.set_index("seed").loc[seed, "MAE"], abs=1e-3)
+
+    table = pd.read_csv(results / "compare-mosi.csv")
+    expected = ["model", "n_seeds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "p")]
+    assert list(table.columns) == expected + ["MAE_diff", "MAE_diff_low", "MAE_diff_high"]
+    assert table["model"].tolist() == ["lf_dnn", "iidaf"] and table["n_seeds"].tolist() == [2, 2]
+    assert table.loc[0, [f"{m}_p" for m in METRICS]].isna().all()
+    assert table.loc[1, "MAE_p"] == pytest.approx(stats.ttest_rel(
+        pd.read_csv(results / "iidaf-mosi-seeds.csv")["MAE"],
+        pd.read_csv(results / "lf_dnn-mosi-seeds.csv")["MAE"]).pvalue)
+    low, diff, high = table.loc[1, ["MAE_diff_low", "MAE_diff", "MAE_diff_high"]]
+    assert low <= diff <= high
+
+    text = (results / "compare-mosi.md").read_text()
+    sha = pd.read_csv(results / "lf_dnn-mosi-seeds.csv")["feature_sha256"].iloc[0]
+    assert "python run.py " + " ".join(args[:4]) in text and sha in text
+    assert "| `lf_dnn` | 2 |" in text and "**" in text and " ± " in text
+
+
+def test_rerun_skips_finished_seeds_and_api_returns_the_table(grid, monkeypatch, capsys,
+                                                              mmsa_logger):
+    root, args = grid
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished (model, seed) was trained again")
+
+    monkeypatch.setattr(MMSA, "MMSA_run", no_training)
+    assert cli.main(args) == 0
+    assert "4 of 4 (model, seed) runs already in" in capsys.readouterr().out
+    assert len(pd.read_csv(root / "results" / "iidaf-mosi-seeds.csv")) == 2
+
+    table = mmsa_iidaf.compare(["lf_dnn", "iidaf"], "mosi", [1, 2],
+                               custom_feature=str(root / "tiny.pkl"),
+                               config_file=str(root / "fast.json"), verbose_level=0,
+                               res_save_dir=root / "results", model_save_dir=root / "models",
+                               log_dir=root / "logs", progress=False)
+    written = pd.read_csv(root / "results" / "compare-mosi.csv")
+    assert list(table.columns) == list(written.columns)
+    pd.testing.assert_frame_equal(table, written, check_dtype=False)
+
+
+def test_rows_made_on_another_feature_file_exit_2_and_nothing_changes(grid, capsys,
+                                                                      mmsa_logger):
+    root, _ = grid
+    before = snapshot(root / "results")
+    assert cli.main(argv(root, "lf_dnn", "iidaf", feature="other.pkl")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "lf_dnn-mosi-seeds.csv" in lines[0] and "another feature file" in lines[0]
+    assert "--res-save-dir" in lines[0]
+    assert snapshot(root / "results") == before
+
+
+def test_ablation_rows_resume_per_variant(grid, capsys, mmsa_logger):
+    root, _ = grid
+    args = argv(root, "iidaf", seeds=(1,), extra=["--ablation", "modules"])
+    assert cli.main(args) == 0
+    assert "1 of 4 (model, seed) runs already in" in capsys.readouterr().out  # the full iidaf
+    table = pd.read_csv(root / "results" / "compare-mosi.csv")
+    assert table["model"].tolist() == ["iidaf", "iidaf[-iamd]", "iidaf[-mic]", "iidaf[-sgaff]"]
+    assert table.loc[0, "MAE_p"] != table.loc[0, "MAE_p"]  # NaN: the full model is the reference
+    rows = pd.read_csv(root / "results" / "iidaf[-mic]-mosi-seeds.csv")
+    assert rows["name"].tolist() == ["iidaf[-mic]"] and rows["model"].tolist() == ["iidaf"]
+    assert json.loads(rows["config"].iloc[0])["use_mic"] is False
+    assert rows["checkpoint"].iloc[0].endswith("iidaf[-mic]-mosi-seed1.pth")
+    assert Path(rows["checkpoint"].iloc[0]).is_file()
+    assert (root / "results" / "predictions" / "iidaf[-mic]-mosi-seed1.npz").is_file()
+
+    (root / "results" / "iidaf[-sgaff]-mosi-seeds.csv").unlink()
+    assert cli.main(args) == 0
+    assert "3 of 4 (model, seed) runs already in" in capsys.readouterr().out
+    assert len(pd.read_csv(root / "results" / "iidaf[-mic]-mosi-seeds.csv")) == 1
+
+
+def exit_status(args: list[str]) -> int:
+    """run.py's exit status: argparse's errors exit, ours return."""
+    try:
+        return cli.main(args)
+    except SystemExit as error:
+        return error.code
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-m", "nope"], "invalid choice: 'nope'"),
+    (["-m", "iidaf", "--ablation", "nope"], "invalid choice: 'nope'"),
+    (["-m", "lf_dnn", "--ablation", "modules"], "add -m iidaf"),
+])
+def test_unknown_names_exit_2_before_training(extra, message, workspace, monkeypatch, capsys):
+    monkeypatch.setattr(MMSA, "MMSA_run", lambda *a, **k: pytest.fail("training started"))
+    assert exit_status(extra + ["-d", "mosi", "-f", str(workspace / "tiny.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_api_rejects_unknown_names(workspace):
+    with pytest.raises(UnknownNameError, match="unknown model 'nope'"):
+        mmsa_iidaf.compare(["iidaf", "nope"], "mosi", [1])
+    with pytest.raises(UnknownNameError, match="unknown ablation 'nope'"):
+        mmsa_iidaf.compare(["iidaf"], "mosi", [1], ablation="nope")
+    with pytest.raises(ConfigError, match="add -m iidaf"):
+        mmsa_iidaf.compare(["tfn"], "mosi", [1], ablation="losses")
+
+
+def test_p_value_is_scipys_paired_t_test_over_common_seeds():
+    reference = pd.DataFrame({"seed": [1, 2, 3, 4], "MAE": [1.00, 1.10, 0.90, 1.05]})
+    other = pd.DataFrame({"seed": [1, 2, 3, 5], "MAE": [0.90, 1.02, 0.85, 0.50]})
+    table = statistics.seed_summary({"a": reference, "b": other}, ["MAE"])
+    expected = stats.ttest_rel([0.90, 1.02, 0.85], [1.00, 1.10, 0.90]).pvalue
+    assert table.loc[1, "MAE_p"] == pytest.approx(expected)
+    assert np.isnan(table.loc[0, "MAE_p"])
+    assert table.loc[1, "MAE_mean"] == pytest.approx(np.mean([0.90, 1.02, 0.85, 0.50]))
+    assert table.loc[1, "MAE_std"] == pytest.approx(np.std([0.90, 1.02, 0.85, 0.50], ddof=1))
+    assert statistics.best_rows(table, "MAE").tolist() == [False, True]
+
+
+def test_bootstrap_interval_contains_the_true_mae_difference():
+    rng = np.random.default_rng(7)
+    n = 600
+    y_true = rng.uniform(-3, 3, n)
+    reference_error = rng.uniform(0.2, 1.0, n)
+    # The other model's absolute error is larger by 0.15 on average, sample by sample.
+    other_error = reference_error + 0.15 + rng.normal(0, 0.1, n)
+    sign = rng.choice([-1.0, 1.0], n)
+    reference = pd.DataFrame({"seed": np.repeat([1, 2], n // 2), "id": np.tile(
+        [f"clip{i}" for i in range(n // 2)], 2), "y_true": y_true,
+        "y_pred": y_true + sign * reference_error})
+    other = reference.assign(y_pred=y_true + sign * other_error).sample(frac=1, random_state=0)
+    pairs = statistics.paired_samples(reference, other)
+    assert len(pairs) == n
+    diff, low, high = statistics.mae_difference(pairs["y_true"], pairs["y_pred_reference"],
+                                                pairs["y_pred_other"])
+    true_difference = np.mean(other_error - reference_error)
+    assert low < true_difference < high and low < 0.15 < high
+    assert diff == pytest.approx(true_difference)
+    assert high - low < 0.05  # pairing removes the per-sample spread of the errors
+    assert statistics.mae_difference(pairs["y_true"], pairs["y_pred_reference"],
+                                     pairs["y_pred_other"]) == (diff, low, high)  # fixed RNG
