@@ -12,7 +12,11 @@ import shlex
 import sys
 from pathlib import Path
 
+# Importing the package installs the plugin: MMSA then builds iidaf and reads its data.
 from mmsa_iidaf.errors import ConfigError, UserError
+
+from .checkpoint import find_seed_row, load_run, read_config_json
+from .report import analyse
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -45,11 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     options = build_parser().parse_args(argv)
-    import mmsa_iidaf  # noqa: F401  (installs the plugin: MMSA builds iidaf and reads its data)
-
-    from .checkpoint import find_seed_row, load_run, read_config_json
-    from .report import analyse
-
     try:
         if options.config_json:
             config = read_config_json(options.config_json)
