@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .experiments.ablations import ABLATIONS
+from .experiments.compare import ROBUSTNESS_KINDS
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -69,6 +70,9 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     parser.add_argument("--ablation", choices=list(ABLATIONS),
                         help="compare iidaf with its variants: modules (Table 6), losses "
                              "(Table 7) or modalities (Table 5); needs -m iidaf")
+    parser.add_argument("--robustness", action="append", choices=list(ROBUSTNESS_KINDS),
+                        help="after training, score every checkpoint of the comparison on test "
+                             "inputs with missing or noisy modalities (repeat for both)")
     return parser
 
 
@@ -94,7 +98,7 @@ def _config_overrides(options, model: str, registry) -> tuple[dict, dict]:
         overrides["modalities"] = options.modalities
     defaults = registry.config_for(model, options.dataset, options.config)
     defaults.update(overrides)
-    comparing = len(options.model) > 1 or options.ablation
+    comparing = len(options.model) > 1 or options.ablation or options.robustness
     if options.text_encoder and "pretrained" not in defaults and not comparing:
         raise UserError(f"model '{model}' has no BERT text branch: drop --text-encoder")
     if options.text_encoder and "pretrained" in defaults:
@@ -130,6 +134,7 @@ def _compare(options, overrides: dict, feature: str | None, argv: list[str]) -> 
         raise UserError("-t tunes one model: drop -t, or run it with a single -m")
     compare(
         options.model, options.dataset, options.seeds, ablation=options.ablation,
+        robustness=options.robustness,
         config_file=options.config, model_configs=overrides, custom_feature=feature,
         feature_T=options.feature_T, feature_A=options.feature_A, feature_V=options.feature_V,
         gpu_ids=options.gpu_ids, num_workers=options.num_workers,
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.demo:
             feature = _demo_feature(options, {m: config for m, (_, config) in per_model.items()})
         overrides = {model: o for model, (o, _) in per_model.items()}
-        if len(options.model) > 1 or options.ablation:
+        if len(options.model) > 1 or options.ablation or options.robustness:
             _compare(options, overrides, feature, argv)
             return 0
         MMSA_run(

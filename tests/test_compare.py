@@ -19,7 +19,7 @@ import mmsa_iidaf
 from mmsa_iidaf import cli
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import ConfigError, UnknownNameError
-from mmsa_iidaf.experiments import statistics
+from mmsa_iidaf.experiments import compare, robustness, statistics
 
 # Tiny widths and one short epoch: these tests are about the plumbing.
 TINY_IIDAF = {"d_model": 16, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
@@ -116,6 +116,41 @@ def test_rerun_skips_finished_seeds_and_api_returns_the_table(grid, monkeypatch,
     written = pd.read_csv(root / "results" / "compare-mosi.csv")
     assert list(table.columns) == list(written.columns)
     pd.testing.assert_frame_equal(table, written, check_dtype=False)
+
+
+def test_robustness_joins_the_table(grid, monkeypatch, mmsa_logger):
+    root, args = grid
+    monkeypatch.setattr(MMSA, "MMSA_run", lambda *a, **k: pytest.fail("training started"))
+    assert compare.ROBUSTNESS_KINDS == robustness.KINDS
+    assert cli.main(args + ["--robustness", "missing"]) == 0
+    table = pd.read_csv(root / "results" / "compare-mosi.csv")
+    areas = [f"MAE_rauc_missing_{setting}_{stat}" for setting in ("t", "a", "v", "all")
+             for stat in ("mean", "std")]
+    assert set(areas) <= set(table.columns) and table[areas[0::2]].notna().all().all()
+    curves = pd.read_csv(root / "results" / "robustness-mosi.csv")
+    assert set(curves["model"]) == {"lf_dnn", "iidaf"} and set(curves["seed"]) == {1, 2}
+    assert "Robustness:" in (root / "results" / "compare-mosi.md").read_text()
+
+
+def test_an_interrupted_grid_keeps_finished_seeds_and_resumes(workspace, monkeypatch, capsys,
+                                                             mmsa_logger):
+    from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
+
+    args = argv(workspace, "lf_dnn", "iidaf", seeds=(3,))
+    args[args.index("--res-save-dir") + 1] = str(workspace / "interrupted")
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(IIDAFTrainer, "do_train", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            cli.main(args)
+    assert pd.read_csv(workspace / "interrupted" / "lf_dnn-mosi-seeds.csv")["seed"].tolist() == [3]
+    assert not (workspace / "interrupted" / "compare-mosi.csv").exists()
+    assert cli.main(args) == 0
+    assert "1 of 2 (model, seed) runs already in" in capsys.readouterr().out
+    assert pd.read_csv(workspace / "interrupted" / "compare-mosi.csv")["n_seeds"].tolist() == [1, 1]
 
 
 def test_rows_made_on_another_feature_file_exit_2_and_nothing_changes(grid, capsys,

@@ -5,7 +5,9 @@ training, skips what its seeds files already hold (same config fingerprint, same
 trains the rest through the ordinary `MMSA_run` (one call per model, so every seed's row and
 predictions are saved as the seed finishes), and then reads the seeds files back into
 `compare-{dataset}.csv` and `compare-{dataset}.md` in `res_save_dir`. The first model is the
-reference of the p-values and of the MAE differences.
+reference of the p-values and of the MAE differences. With `robustness`, every finished
+checkpoint is also scored on corrupted test inputs (`robustness.run_robustness`) and each
+curve's area relative to the clean score joins the table.
 """
 from __future__ import annotations
 
@@ -20,11 +22,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import compat, registry, runs
-from ..errors import ConfigError, FeatureFileError
+from ..errors import ConfigError, FeatureFileError, UnknownNameError
 from . import ablations, statistics
 
 # MMSA_run's default seeds.
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+# robustness.KINDS, named here so that a comparison without --robustness does not import
+# robustness (and matplotlib with it).
+ROBUSTNESS_KINDS = ("missing", "noise")
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,22 @@ def build_table(entries: list[Entry], dataset: str, res_save_dir,
     return table, metrics
 
 
+def add_robustness(table: pd.DataFrame, metrics: list[str], entries: list[Entry],
+                   dataset: str, res_save_dir, seeds, kinds: list[str]) -> pd.DataFrame:
+    """The table with, per model, the relative area under each robustness curve of `kinds`
+    (MAE's where the dataset has it); writes `robustness-{dataset}.csv` and `.png`."""
+    from .robustness import robustness_summary, run_robustness
+
+    rows = pd.concat([finished(e, dataset, res_save_dir, seeds) for e in entries],
+                     ignore_index=True)
+    curves = pd.concat([run_robustness(rows, kind, res_save_dir) for kind in kinds],
+                       ignore_index=True)
+    if curves.empty:
+        return table
+    summary = robustness_summary(curves, "MAE" if "MAE" in metrics else metrics[0])
+    return table.merge(summary, on="model", how="left")
+
+
 def _value(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "—"
@@ -222,6 +243,15 @@ def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: 
                          f"{row['MAE_diff']:+.4f} [{row['MAE_diff_low']:+.4f}, "
                          f"{row['MAE_diff_high']:+.4f}]")
         lines.append("| " + " | ".join(cells) + " |")
+    areas = [c[:-len("_mean")] for c in table.columns if "_rauc_" in c and c.endswith("_mean")]
+    if areas:
+        lines += ["", "Robustness: area under each curve of the metric against the corruption "
+                  "level, relative to the clean score (1 = unaffected; `robustness-"
+                  f"{dataset}.csv` has the curves), mean ± std over seeds.", "",
+                  "| model | " + " | ".join(areas) + " |", "|" + "---|" * (len(areas) + 1)]
+        for _, row in table.iterrows():
+            lines.append(f"| `{row['model']}` | " + " | ".join(
+                _value(row[f"{a}_mean"], row[f"{a}_std"]) for a in areas) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,19 +269,26 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
             num_workers: int = 0, verbose_level: int = 1,
             model_save_dir=runs.DEFAULT_HOME / "saved_models",
             res_save_dir=runs.DEFAULT_HOME / "results", log_dir=runs.DEFAULT_HOME / "logs",
-            command: str | None = None, progress: bool = True) -> pd.DataFrame:
+            robustness: list[str] | None = None, command: str | None = None,
+            progress: bool = True) -> pd.DataFrame:
     """Train every (model, seed) on one feature file and return the comparison table.
 
     `models`: MMSA model names, the first the reference; `ablation`: "modules", "losses" or
     "modalities" adds iidaf's variants (`iidaf[-mic]`, ...), the full iidaf first; `config`:
     overrides for every model, `model_configs`: {model: overrides} on top. Other arguments are
-    MMSA_run's. Seeds already in the seeds files with the same config and feature file are
+    MMSA_run's. `robustness`: kinds of corruption ("missing", "noise") to score every finished
+    checkpoint under after training. Seeds already in the seeds files with the same config and feature file are
     not trained again. Writes `compare-{dataset}.csv` (the returned table) and `.md` in
     `res_save_dir`. Raises a `UserError` before any training for bad names, files or configs."""
     import MMSA
 
     dataset = dataset.lower()
     seeds = list(dict.fromkeys(seeds)) or list(DEFAULT_SEEDS)
+    robustness = list(robustness or [])
+    for kind in robustness:
+        if kind not in ROBUSTNESS_KINDS:
+            raise UnknownNameError(f"unknown robustness kind '{kind}': choose one of "
+                                   f"{', '.join(ROBUSTNESS_KINDS)}")
     feature_paths = {"custom_feature": custom_feature, "feature_T": feature_T,
                      "feature_A": feature_A, "feature_V": feature_V}
     entries = plan(list(models), dataset, ablation=ablation, config_file=config_file,
@@ -277,6 +314,8 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
                     res_save_dir=res_save_dir, log_dir=log_dir, **feature_paths)
 
     table, metrics = build_table(entries, dataset, res_save_dir, seeds)
+    if robustness:
+        table = add_robustness(table, metrics, entries, dataset, res_save_dir, seeds, robustness)
     if command is None:
         command = (f"mmsa_iidaf.compare({list(models)!r}, {dataset!r}, seeds={seeds!r}"
                    + (f", ablation={ablation!r}" if ablation else "") + ")")
