@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .. import compat, registry, runs
 from ..errors import ConfigError, FeatureFileError, UnknownNameError
+from ..text_encoders import resolve_pretrained
 from . import ablations, statistics
 
 # MMSA_run's default seeds.
@@ -74,6 +75,8 @@ def plan(models, dataset, *, ablation=None, config_file=None, config=None, model
         run_config = runs.run_config(model, dataset, run_config, res_save_dir)
         preview = runs.preview_config(model, dataset, config_file, run_config, **feature_paths)
         runs.check_feature_files(preview)
+        if runs.uses_bert(preview):
+            resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
         feature = runs.feature_files(preview)[0].resolve()
         if feature not in hashes:
             hashes[feature] = runs.file_sha256(feature)
