@@ -14,7 +14,6 @@ with no display and no global figure state.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import numpy as np
 import pandas as pd
@@ -42,9 +41,8 @@ PREDICTIONS = (("full", "M"), ("shared_only", "M_shared"), ("specific_only", "M_
 
 
 def collect(run: LoadedRun) -> dict:
-    """`IIDAFTrainer.predict` on the test split, in file order, plus the attention mask's α and β
-    per modality (read from each IAMD module's output as the model runs: `predict` does not
-    return them). Only an IIDAF with its gate γ (SGAFF) has what the figures need."""
+    """`IIDAFTrainer.predict` on the test split, in file order (with the attention mask's α and β
+    per modality). Only an IIDAF with its gate γ (SGAFF) has what the figures need."""
     if run.args["model_name"] != "iidaf":
         raise UserError(
             f"the analysis needs an iidaf checkpoint (γ, shared and specific features); "
@@ -57,23 +55,7 @@ def collect(run: LoadedRun) -> dict:
             f"{run.checkpoint} was trained without SGAFF (use_sgaff false): it has no gate γ and "
             f"no shared-only / specific-only predictions to analyse"
         )
-    masks = defaultdict(list)
-
-    def keep_masks(modality):
-        def hook(module, inputs, output):
-            for key in ("mask_alpha", "mask_beta"):
-                if key in output:
-                    masks[f"{key}_{modality}"].append(output[key].detach().cpu())
-        return hook
-
-    handles = [module.register_forward_hook(keep_masks(m))
-               for m, module in iidaf.disentanglers.items()]
-    try:
-        predicted = run.trainer.predict(run.model, in_order(run.loaders["test"]))
-    finally:
-        for handle in handles:
-            handle.remove()
-    predicted.update({key: torch.cat(values).numpy() for key, values in masks.items()})
+    predicted = run.trainer.predict(run.model, in_order(run.loaders["test"]))
     predicted["modalities"] = iidaf.modalities
     return predicted
 

@@ -193,8 +193,9 @@ class IIDAFTrainer:
     @torch.no_grad()
     def predict(self, model, loader) -> dict:
         """Predictions and the interpretable parts of the model for every sample of `loader`:
-        'M', 'M_shared', 'M_specific', 'gamma', per-modality 'shared'/'specific' features,
-        labels and ids, as numpy arrays in loader order."""
+        'M', 'M_shared', 'M_specific', 'gamma', per-modality 'shared_m'/'specific_m' features
+        and attention-mask weights 'mask_alpha_m'/'mask_beta_m' (IAMD only), labels and ids, as
+        numpy arrays in loader order."""
         model.eval()
         collected = defaultdict(list)
         for batch in loader:
@@ -205,8 +206,8 @@ class IIDAFTrainer:
             for key in ("M", "M_shared", "M_specific", "gamma"):
                 if outputs.get(key) is not None:
                     collected[key].append(outputs[key].cpu())
-            for part in ("shared", "specific"):
-                for m, features in outputs[part].items():
+            for part in ("shared", "specific", "mask_alpha", "mask_beta"):
+                for m, features in outputs.get(part, {}).items():
                     collected[f"{part}_{m}"].append(features.cpu())
         return {key: value if key == "ids" else torch.cat(value).numpy()
                 for key, value in collected.items()}
