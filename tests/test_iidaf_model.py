@@ -442,9 +442,14 @@ def test_branch_loss_trains_both_branches_on_the_task():
 def test_modality_dropout_only_in_training_and_never_drops_everything():
     model = build(modality_dropout=0.9)
     model.train()
-    absent = model._random_absence({m: torch.zeros(4096, WIDTH) for m in "tav"})
+    none_excluded = torch.zeros(4096, 3, dtype=torch.bool)
+    absent = model._random_absence(none_excluded)
     assert not absent.all(dim=1).any()
     assert 0.5 < absent.float().mean() < 0.7  # 0.9 per modality, less the rescued rows
+    vision_excluded = none_excluded.clone()
+    vision_excluded[:, 2] = True
+    absent = model._random_absence(vision_excluded)
+    assert absent[:, 2].all() and not absent.all(dim=1).any()
     model.eval()
     inputs = make_inputs()
     assert torch.equal(model(*inputs)["M"], model(*inputs)["M"])
@@ -460,6 +465,11 @@ def test_fused_modalities_buffer_switches_a_modality_off_and_is_saved():
     changed[2] = torch.randn_like(inputs[2])
     assert not torch.allclose(full, without_vision)
     assert torch.allclose(model(*changed)["M"], without_vision)  # vision no longer counts
+    model.train()  # ... in training either, once the validation split has switched it off
+    torch.manual_seed(0)
+    trained_on = model(*inputs)["M"]
+    torch.manual_seed(0)
+    assert torch.allclose(model(*changed)["M"], trained_on)
     restored = build(seed=1).eval()
     restored.load_state_dict(model.state_dict())
     assert restored.fused_modalities.tolist() == [1, 1, 0]

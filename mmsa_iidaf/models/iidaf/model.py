@@ -34,7 +34,7 @@ class IIDAF(nn.Module):
     modality's u_m and r_m zeroed at the fusion input for a random fraction of training samples)
     and `modality_selection` (the trainer keeps, per validation, the modality set whose fusion
     scores best on the validation split; stored in the `fused_modalities` buffer, so it travels
-    with the checkpoint).
+    with the checkpoint, and a switched-off modality stays off at the fusion in training too).
     The decoder of L_RE is likewise only built when lambda_re > 0, and F⁻¹ for L_IN only run when
     lambda_in > 0: modules that exist only for a switched-off loss are not created.
     Only the modalities in `args.modalities` get parameters; the other inputs are ignored.
@@ -109,12 +109,13 @@ class IIDAF(nn.Module):
         paper's Table 8.
         """
         representation = self.represent(text, audio, vision, audio_lengths, vision_lengths)
-        absent = None
+        batch = next(iter(representation["shared"].values())).shape[0]
+        # A modality the validation split switched off stays off in training too: the fusion
+        # then learns to do without it instead of leaning on it 1 − p of the time.
+        excluded = (self.fused_modalities == 0).expand(batch, -1)
+        absent = excluded if bool(excluded.any()) else None
         if self.training and self.modality_dropout > 0 and len(self.modalities) > 1:
-            absent = self._random_absence(representation["shared"])
-        elif not self.training and not bool(self.fused_modalities.all()):
-            batch = next(iter(representation["shared"].values())).shape[0]
-            absent = (self.fused_modalities == 0).expand(batch, -1)
+            absent = self._random_absence(excluded)
         return self.fuse(representation, absent)
 
     def represent(self, text, audio, vision, audio_lengths=None, vision_lengths=None) -> dict:
@@ -156,14 +157,15 @@ class IIDAF(nn.Module):
         outputs.update(representation)
         return outputs
 
-    def _random_absence(self, shared: dict[str, Tensor]) -> Tensor:
-        """(B, M) bool: each modality absent with probability `modality_dropout`, never all."""
-        reference = next(iter(shared.values()))
-        batch, count = reference.shape[0], len(self.modalities)
-        absent = torch.rand(batch, count, device=reference.device) < self.modality_dropout
+    def _random_absence(self, excluded: Tensor) -> Tensor:
+        """(B, M) bool: `excluded` plus each other modality absent with probability
+        `modality_dropout`; a sample left with none keeps one random non-excluded modality."""
+        absent = excluded | (torch.rand(excluded.shape, device=excluded.device)
+                             < self.modality_dropout)
         everything = absent.all(dim=1)
         if everything.any():
-            keep = torch.randint(count, (int(everything.sum()),), device=reference.device)
+            candidates = (~excluded[everything]).float()
+            keep = torch.multinomial(candidates, 1).squeeze(1)
             absent[everything.nonzero().squeeze(1), keep] = False
         return absent
 
