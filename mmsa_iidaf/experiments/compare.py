@@ -12,6 +12,7 @@ curve's area relative to the clean score joins the table.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -167,12 +168,27 @@ def load_predictions(name: str, dataset: str, res_save_dir, seeds) -> pd.DataFra
         columns=["seed", "id", "y_true", "y_pred"])
 
 
+def text_input(rows: pd.DataFrame) -> str:
+    """What a model read as text, from its seeds rows: a win must be the method's, not the
+    input's, so the table names it."""
+    if rows.empty:
+        return ""
+    row = rows.iloc[-1]
+    encoder = str(row.get("text_encoder", "none"))
+    if encoder in ("none", "nan", ""):
+        return "precomputed `text`"
+    config = json.loads(row["config"]) if isinstance(row.get("config"), str) else {}
+    mode = "frozen" if runs.frozen_text_encoder(config) else "fine-tuned"
+    return f"`text_bert` via {encoder.split(' (')[0]}, {mode}"
+
+
 def build_table(entries: list[Entry], dataset: str, res_save_dir,
                 seeds) -> tuple[pd.DataFrame, list[str]]:
     """(the comparison table, its metrics) from the seeds files and the predictions."""
     rows = {entry.name: finished(entry, dataset, res_save_dir, seeds) for entry in entries}
     metrics = metric_names(list(rows.values()))
     table = statistics.seed_summary(rows, metrics)
+    table.insert(2, "text_input", [text_input(rows[entry.name]) for entry in entries])
     if "MAE" in metrics:
         reference = load_predictions(entries[0].name, dataset, res_save_dir, seeds)
         intervals = []
@@ -229,11 +245,12 @@ def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: 
     if has_diff:
         lines.append(f"ΔMAE: MAE minus `{reference}`'s over the test samples of all seeds, paired "
                      f"by (seed, id), with a paired bootstrap 95 % interval.")
-    header = ["model", "seeds", *metrics] + (["ΔMAE [95 % CI]"] if has_diff else [])
+    header = ["model", "seeds", "text input", *metrics] + (["ΔMAE [95 % CI]"] if has_diff
+                                                            else [])
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {metric: statistics.best_rows(table, metric) for metric in metrics}
     for index, row in table.iterrows():
-        cells = [f"`{row['model']}`", str(row["n_seeds"])]
+        cells = [f"`{row['model']}`", str(row["n_seeds"]), row["text_input"]]
         for metric in metrics:
             cell = _value(row[f"{metric}_mean"], row[f"{metric}_std"])
             if best[metric][index]:
