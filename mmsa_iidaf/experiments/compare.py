@@ -141,13 +141,20 @@ def progress_bar(total: int, enabled: bool):
         bar.close()
 
 
+# Each trainer's own objective on the test split (MSE for IIDAF, L1 for most MMSA baselines):
+# kept in the seeds rows, but not a metric two models can be ranked on.
+NOT_COMPARED = ("Loss",)
+
+
 def metric_names(rows: list[pd.DataFrame]) -> list[str]:
-    """The metric columns of seeds rows: `record_seed` writes them between `seed` and `model`."""
+    """The metric columns of seeds rows (`record_seed` writes them between `seed` and `model`)
+    that mean the same for every model."""
     names = []
     for table in rows:
         columns = list(table.columns)
         if "model" in columns:
-            names += [c for c in columns[1:columns.index("model")] if c not in names]
+            names += [c for c in columns[1:columns.index("model")]
+                      if c not in names and c not in NOT_COMPARED]
     return names
 
 
