@@ -245,7 +245,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: 
         f"Feature file: `{entry.feature_file}`, sha256 `{entry.feature_sha256}`",
         "",
         f"Seeds {', '.join(map(str, seeds))}; mean ± sample std over the seeds each model "
-        f"finished; best per column in **bold** (lowest MAE and Loss, highest otherwise); † p < "
+        f"finished; best per column in **bold** (lowest MAE, highest otherwise); † p < "
         f"0.05 in a paired t-test against `{reference}` over the seeds both finished.",
     ]
     has_diff = "MAE_diff" in table
