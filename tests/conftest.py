@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmsa_iidaf.data.synthetic import write_dataset
+from support import run_folders
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
@@ -64,15 +65,7 @@ def run_dirs(tmp_path, mmsa_logger):
     and logs go to tmp_path/name (data loading in-process: worker processes cost seconds)."""
 
     def make(name: str = "run") -> dict:
-        root = tmp_path / name
-        return {
-            "model_save_dir": root / "models",
-            "res_save_dir": root / "results",
-            "log_dir": root / "logs",
-            "gpu_ids": [],
-            "num_workers": 0,
-            "verbose_level": 0,
-        }
+        return run_folders(tmp_path / name)
 
     return make
 

@@ -5,7 +5,6 @@ checkpoints and non-iidaf models refused with one line and status 2.
 from __future__ import annotations
 
 import json
-import logging
 
 import MMSA
 import numpy as np
@@ -17,28 +16,17 @@ from mmsa_iidaf import registry
 from mmsa_iidaf.analysis import find_seed_row, load_run
 from mmsa_iidaf.analysis.__main__ import main
 from mmsa_iidaf.analysis.interpret import collect, label_r2, modality_probe
+from support import SMALL_IIDAF, close_mmsa_handlers, run_folders
 
-# Tiny widths: the analysis is about the plumbing, not the capacity.
-SMALL = {"d_model": 32, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
-         "mic_proj_dim": 16, "disc_hidden": 16, "batch_size": 16, "learning_rate": 1e-3,
-         "max_epochs": 2, "early_stop": 2}
+SMALL = {**SMALL_IIDAF, "max_epochs": 2, "early_stop": 2}
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def close_mmsa_handlers() -> None:
-    """MMSA_run leaves a file and a console handler on its logger: close them."""
-    logger = logging.getLogger("MMSA")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_mosi, tmp_path_factory) -> dict:
     """One seed of iidaf and one of lf_dnn on the tiny file, with their folders."""
     root = tmp_path_factory.mktemp("analysed")
-    dirs = {"model_save_dir": root / "models", "res_save_dir": root / "results",
-            "log_dir": root / "logs", "gpu_ids": [], "num_workers": 0, "verbose_level": 0}
+    dirs = run_folders(root)
     try:
         MMSA.MMSA_run("iidaf", "mosi", config=SMALL, custom_feature=str(tiny_mosi), seeds=[1],
                       **dirs)

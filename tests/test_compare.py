@@ -6,7 +6,6 @@ every other test reads it, resumes it, or runs pure statistics.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import MMSA

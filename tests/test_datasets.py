@@ -35,6 +35,7 @@ from mmsa_iidaf.data.ur_funny_synthetic import write_synthetic_release
 from mmsa_iidaf.errors import FeatureFileError, TextEncoderUnavailable
 from mmsa_iidaf.models.iidaf import IIDAF
 from mmsa_iidaf.text_encoders import STAND_IN, resolve_pretrained
+from support import run_folders
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_UR_FUNNY = REPO.parent / "shared" / "data" / "ur_funny"
@@ -92,12 +93,6 @@ def training_started(monkeypatch):
 
     monkeypatch.setattr(MMSA.run, "_run", refuse)
     return started
-
-
-def run_folders(root: Path) -> dict:
-    """MMSA_run keywords for a quiet CPU run writing under `root`, loading data in-process."""
-    return {"model_save_dir": root / "models", "res_save_dir": root / "results",
-            "log_dir": root / "logs", "gpu_ids": [], "num_workers": 0, "verbose_level": 0}
 
 
 def written_files(root: Path) -> list[Path]:

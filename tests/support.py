@@ -1,0 +1,25 @@
+"""Helpers shared by the test modules (pytest puts this folder on sys.path)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+# Tiny widths: a run-level test is about the plumbing, not the capacity.
+SMALL_IIDAF = {"d_model": 32, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2],
+               "shared_heads": 2, "mic_proj_dim": 16, "disc_hidden": 16, "batch_size": 16,
+               "learning_rate": 1e-3}
+
+
+def run_folders(root: Path) -> dict:
+    """MMSA_run keywords for a quiet CPU run writing under `root`, loading data in-process
+    (worker processes cost seconds)."""
+    return {"model_save_dir": root / "models", "res_save_dir": root / "results",
+            "log_dir": root / "logs", "gpu_ids": [], "num_workers": 0, "verbose_level": 0}
+
+
+def close_mmsa_handlers() -> None:
+    """MMSA_run leaves a file and a console handler on its logger: close them."""
+    logger = logging.getLogger("MMSA")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
