@@ -160,6 +160,31 @@ def build_model(args) -> torch.nn.Module:
     return AMIO(args)
 
 
+def build_trainer(args):
+    """The trainer MMSA_run uses for `args` (plugin models' included)."""
+    from MMSA.trains.ATIO import ATIO
+
+    return ATIO().getTrain(args)
+
+
+# MMSA's trainers hand these models audio and vision as (features, lengths) tuples; its other
+# models get the bare tensors. Plugin models take the lengths as keywords.
+_LENGTH_TUPLE_MODELS = ("self_mm", "mmim")
+
+
+def model_inputs(args, batch: dict) -> tuple[tuple, dict]:
+    """The (positional, keyword) arguments `args`'s trainer passes its model for an MMSA batch,
+    on `args.device`: what to call the model with outside the trainer (latency, profiling)."""
+    text, audio, vision = (batch[key].to(args["device"]) for key in ("text", "audio", "vision"))
+    lengths = {key: torch.as_tensor(batch[key], device=args["device"])
+               for key in ("audio_lengths", "vision_lengths") if key in batch}
+    if args["model_name"] in MODELS:
+        return (text, audio, vision), lengths
+    if args["model_name"] in _LENGTH_TUPLE_MODELS:
+        return (text, (audio, lengths["audio_lengths"]), (vision, lengths["vision_lengths"])), {}
+    return (text, audio, vision), {}
+
+
 def build_dataloaders(args, num_workers: int = 0) -> dict:
     """MMSA's train/valid/test loaders for `args` (the plugin's data hooks included)."""
     from MMSA.data_loader import MMDataLoader

@@ -108,8 +108,6 @@ def _device(config: dict) -> torch.device:
 def load_run(config: dict, checkpoint: Path, feature_file: Path | None = None) -> LoadedRun:
     """Build the run's loaders, model and trainer from `config` (a seeds row's config) and load
     `checkpoint` into the model. `feature_file`: the data to read (default: the run's own)."""
-    from MMSA.trains.ATIO import ATIO
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint not found: {checkpoint}")
@@ -132,7 +130,7 @@ def load_run(config: dict, checkpoint: Path, feature_file: Path | None = None) -
             f"config ({first}): pass the seeds row or config of the run that wrote it"
         ) from None
     model.eval()
-    trainer = ATIO().getTrain(args)
+    trainer = registry.build_trainer(args)
     return LoadedRun(args, model, trainer, loaders, checkpoint, feature_file, other)
 
 

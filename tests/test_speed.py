@@ -1,0 +1,49 @@
+"""benchmarks/speed.py: the quick setting runs and writes the JSON the issue names, with ratios to
+MISA; a bad model name is one line and status 2. No test asserts a time."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from support import SMALL_IIDAF
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEED = ROOT / "benchmarks" / "speed.py"
+FIGURES = ("latency_ms_b1", "latency_ms_b32", "train_samples_per_s", "peak_rss_mb")
+
+
+def _speed(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SPEED), *arguments], cwd=ROOT, text=True,
+                          capture_output=True, timeout=600)
+
+
+def test_quick_json_has_every_figure_and_the_ratios_to_misa(tmp_path):
+    out = tmp_path / "speed.json"
+    small = [f"--set=iidaf.{key}={json.dumps(value)}" for key, value in SMALL_IIDAF.items()]
+    done = _speed("--models", "iidaf,misa", "--quick", "--shapes", "compact", "--threads", "1",
+                  "--json", str(out), *small)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = json.loads(out.read_text())
+    assert table["device"].startswith("cpu") and table["threads"] == 1
+    assert set(table["models"]) == {"iidaf", "misa"}
+    for name, row in table["models"].items():
+        for key in FIGURES:
+            assert row[key] > 0, (name, key)
+        assert row["latency_ms_b1_p90"] >= row["latency_ms_b1"]
+        assert row["peak_rss_mb"] >= row["import_rss_mb"]
+        assert "frozen" in row["text_input"]  # both read text through the same stand-in
+    misa = table["models"]["misa"]
+    assert all(value == 1.0 for value in misa["ratio_to_misa"].values())
+    iidaf = table["models"]["iidaf"]
+    assert iidaf["ratio_to_misa"]["latency_ms_b32"] == (iidaf["latency_ms_b32"]
+                                                        / misa["latency_ms_b32"])
+    assert iidaf["parameters_without_encoder"] < iidaf["parameters"]
+    assert "| `iidaf` |" in done.stdout and "×)" in done.stdout
+
+
+def test_unknown_model_is_one_line_and_status_2():
+    done = _speed("--models", "iidaf,nosuch", "--quick")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "nosuch" in done.stderr
