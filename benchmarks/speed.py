@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -134,12 +135,29 @@ def model_overrides(model_name: str, overrides: list[tuple[str, object]]) -> dic
     return chosen
 
 
-def build_subject(model_name: str, feature_file: Path, text_mode: str, device: torch.device,
-                  work_dir: Path, overrides: list) -> Subject:
+def parse_models(text: str) -> list[tuple[str, str, dict]]:
+    """'iidaf,iidaf[attention=torch;lite=1],misa' -> [(label, model name, overrides)]."""
+    specs = []
+    for match in re.finditer(r"\s*([^,\[\]]+?)\s*(?:\[([^\]]*)\])?\s*(?:,|$)", text):
+        name, inside = match.group(1).lower(), match.group(2)
+        if not name:
+            continue
+        try:
+            settings = dict(_override(item) for item in (inside or "").split(";") if item)
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"--models {text!r}: {error}") from None
+        specs.append((match.group(0).strip().strip(",").strip(), name, settings))
+    return specs
+
+
+def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
+                  device: torch.device, work_dir: Path, overrides: list) -> Subject:
+    label, model_name, own = spec
     args = registry.config_for(model_name, DATASET)
     text, text_input = text_settings(model_name, text_mode)
     args.update(text)
     args.update(model_overrides(model_name, overrides))
+    args.update(own)
     args.update(model_name=model_name, dataset_name=DATASET, custom_feature=str(feature_file),
                 feature_T=None, feature_A=None, feature_V=None, device=device, seed=1, cur_seed=1,
                 train_mode=registry.train_mode(model_name, DATASET), modalities="tav",
@@ -157,7 +175,7 @@ def build_subject(model_name: str, feature_file: Path, text_mode: str, device: t
         batch = {key: (value[:size] if hasattr(value, "__getitem__") and not isinstance(value, dict)
                        else value) for key, value in test_batch.items()}
         latency_inputs[size] = registry.model_inputs(args, batch)
-    return Subject(model_name, args, model, trainer, train_batches, latency_inputs, text_input,
+    return Subject(label, args, model, trainer, train_batches, latency_inputs, text_input,
                    sum(p.numel() for p in model.parameters()), _encoder_parameters(model))
 
 
@@ -246,26 +264,26 @@ def _memory_child(request: dict, answer) -> None:
     torch.set_num_threads(request["threads"])
     _reset_peak_rss()
     imported = _status_mb("VmRSS")
-    subject = build_subject(request["model"], Path(request["feature_file"]), request["text"],
+    subject = build_subject(tuple(request["model"]), Path(request["feature_file"]), request["text"],
                             torch.device("cpu"), Path(request["work_dir"]), request["overrides"])
     train_samples_per_s(subject, 1, request["steps"])
     forward_ms(subject, LATENCY_BATCH)
     answer.put({"peak_rss_mb": _status_mb("VmHWM"), "import_rss_mb": imported})
 
 
-def peak_memory(model_name: str, feature_file: Path, options, work_dir: Path,
+def peak_memory(spec: tuple[str, str, dict], feature_file: Path, options, work_dir: Path,
                 setting: Setting, overrides: list) -> dict:
-    """Peak RSS of a fresh process that builds `model_name` and trains and runs it."""
+    """Peak RSS of a fresh process that builds the model of `spec` and trains and runs it."""
     context = multiprocessing.get_context("spawn")
     answer = context.Queue()
-    request = {"model": model_name, "feature_file": str(feature_file), "text": options.text,
+    request = {"model": spec, "feature_file": str(feature_file), "text": options.text,
                "work_dir": str(work_dir), "threads": options.threads,
                "steps": setting.memory_steps, "overrides": overrides}
     child = context.Process(target=_memory_child, args=(request, answer))
     child.start()
     child.join()
     if child.exitcode != 0:
-        raise RuntimeError(f"the memory measurement of {model_name} failed "
+        raise RuntimeError(f"the memory measurement of {spec[0]} failed "
                            f"(child exit code {child.exitcode})")
     return answer.get()
 
@@ -290,8 +308,8 @@ def measure(models: list[str], options, setting: Setting) -> dict:
     with tempfile.TemporaryDirectory(prefix="mmsa_iidaf_speed_") as temp:
         work_dir = Path(temp)
         feature_file = data_file(work_dir, options.shapes)
-        subjects = [build_subject(name, feature_file, options.text, device, work_dir, overrides)
-                    for name in models]
+        subjects = [build_subject(spec, feature_file, options.text, device, work_dir, overrides)
+                    for spec in models]
         for subject in subjects:  # warm-up: lazy initialisation, allocator, kernel choice
             for size in subject.latency_inputs:
                 forward_ms(subject, size)
@@ -323,9 +341,9 @@ def measure(models: list[str], options, setting: Setting) -> dict:
             results[subject.name] = row
         del subjects
         if device.type == "cpu":
-            for name in models:
-                results[name].update(peak_memory(name, feature_file, options, work_dir, setting,
-                                                 overrides))
+            for spec in models:
+                results[spec[0]].update(peak_memory(spec, feature_file, options, work_dir,
+                                                    setting, overrides))
     add_ratios(results)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -404,7 +422,7 @@ def markdown(table: dict, command: str) -> str:
 def _override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"a setting is KEY=VALUE, not {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -415,7 +433,9 @@ def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="python benchmarks/speed.py",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        help=f"comma-separated model names (default {','.join(DEFAULT_MODELS)})")
+                        help=f"comma-separated model names (default {','.join(DEFAULT_MODELS)}); "
+                             f"NAME[KEY=VALUE;...] measures NAME with those settings as a row of "
+                             f"its own, e.g. iidaf[attention=torch]")
     parser.add_argument("--quick", action="store_true",
                         help="few rounds and steps: a check that it runs, not a measurement")
     parser.add_argument("--shapes", choices=("official", "compact"), default="official",
@@ -436,11 +456,11 @@ def parse(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
     torch.set_num_threads(options.threads)
-    models = [name.strip().lower() for name in options.models.split(",") if name.strip()]
     try:
+        models = parse_models(options.models)
         if not models:
             raise UserError("--models is empty: name at least one model, e.g. --models iidaf,misa")
-        for name in models:
+        for _, name, _ in models:
             registry.check_names(name, DATASET)
         if options.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"--device {options.device}: no GPU is visible to torch here; "

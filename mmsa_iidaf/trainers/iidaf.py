@@ -69,6 +69,13 @@ class IIDAFTrainer:
             )
         return main, discriminator
 
+    def _precision(self):
+        """bf16 autocast on the run's device with `mixed_precision: bf16` (meant for GPUs; the
+        weights, optimiser state and losses' reductions stay float32), else a no-op."""
+        device = torch.device(self.args.device)
+        enabled = self.args.get("mixed_precision", "none") == "bf16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
     def _train_epoch(self, model, loader, optimizer, disc_optimizer, epoch: int) -> dict:
         args, iidaf = self.args, model.Model
         model.train()
@@ -77,16 +84,19 @@ class IIDAFTrainer:
                                           disable=None)):
             inputs, lengths = _batch_inputs(batch, args.device)
             labels = self.objective.task_targets(batch["labels"]["M"].to(args.device))
-            outputs = model(*inputs, **lengths)
+            with self._precision():
+                outputs = model(*inputs, **lengths)
 
             if disc_optimizer is not None:
-                disc_loss = self.objective.discriminator_loss(iidaf, outputs, labels)
+                with self._precision():
+                    disc_loss = self.objective.discriminator_loss(iidaf, outputs, labels)
                 disc_optimizer.zero_grad()
                 disc_loss.backward()
                 disc_optimizer.step()
                 sums["L_critic"] += disc_loss.item()
 
-            losses = self.objective(iidaf, outputs, labels)
+            with self._precision():
+                losses = self.objective(iidaf, outputs, labels)
             if not torch.isfinite(losses["total"]):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 # Before the first validated epoch there is no good checkpoint to point to.
@@ -105,7 +115,7 @@ class IIDAFTrainer:
 
             for key, value in losses.items():
                 sums[key] += value.item()
-            predictions.append(outputs["M"].detach().cpu())
+            predictions.append(outputs["M"].detach().float().cpu())
             targets.append(labels.cpu())
         means = {key: total / len(loader) for key, total in sums.items()}
         results = self.metrics(torch.cat(predictions), torch.cat(targets))
@@ -151,7 +161,7 @@ class IIDAFTrainer:
     def _is_better(self, current: float, best: float) -> bool:
         return current < best - 1e-6 if self.lower_is_better else current > best + 1e-6
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def validate(self, model, loader) -> dict:
         """Metrics on the validation split. With `modality_selection`, the fusion of every built
         modality and of each leave-one-out set are scored from one encoder pass, and the best
@@ -166,11 +176,14 @@ class IIDAFTrainer:
         predictions = [[] for _ in candidates]
         labels = []
         for inputs, lengths, targets in self._batches(loader):
-            representation = iidaf.represent(*inputs, **lengths)
+            with self._precision():
+                representation = iidaf.represent(*inputs, **lengths)
             labels.append(targets.cpu())
             for index, absent in enumerate(candidates):
                 rows = absent.to(targets.device).expand(targets.shape[0], -1)
-                predictions[index].append(iidaf.fuse(representation, rows)["M"].cpu())
+                with self._precision():
+                    fused = iidaf.fuse(representation, rows)["M"]
+                predictions[index].append(fused.float().cpu())
         labels = torch.cat(labels)
         best, best_results = None, None
         for absent, predicted in zip(candidates, predictions):
@@ -190,7 +203,7 @@ class IIDAFTrainer:
         """`diagnostics.diagnose` on `loader` (the run writes it for the test split)."""
         return diagnose(model.Model, self._batches(loader), self.args.train_mode)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, model, loader) -> dict:
         """Predictions and the interpretable parts of the model for every sample of `loader`:
         'M', 'M_shared', 'M_specific', 'gamma', per-modality 'shared_m'/'specific_m' features
@@ -200,15 +213,16 @@ class IIDAFTrainer:
         collected = defaultdict(list)
         for batch in loader:
             inputs, lengths = _batch_inputs(batch, self.args.device)
-            outputs = model(*inputs, **lengths)
+            with self._precision():
+                outputs = model(*inputs, **lengths)
             collected["labels"].append(self.objective.task_targets(batch["labels"]["M"]))
             collected["ids"].extend(batch["id"])
             for key in ("M", "M_shared", "M_specific", "gamma"):
                 if outputs.get(key) is not None:
-                    collected[key].append(outputs[key].cpu())
+                    collected[key].append(outputs[key].float().cpu())
             for part in ("shared", "specific", "mask_alpha", "mask_beta"):
                 for m, features in outputs.get(part, {}).items():
-                    collected[f"{part}_{m}"].append(features.cpu())
+                    collected[f"{part}_{m}"].append(features.float().cpu())
         return {key: value if key == "ids" else torch.cat(value).numpy()
                 for key, value in collected.items()}
 

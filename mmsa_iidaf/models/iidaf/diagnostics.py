@@ -25,7 +25,7 @@ def _mean(values: list[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def diagnose(model, batches: Iterable[tuple], train_mode: str) -> dict:
     """`model`: an `IIDAF` (eval mode is set here); `batches`: (inputs, lengths, targets) per batch,
     as the trainer feeds them. Returns a JSON-ready dict (see the module docstring)."""

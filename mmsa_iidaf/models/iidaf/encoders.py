@@ -27,12 +27,58 @@ def sinusoidal_positions(length: int, width: int, device=None, dtype=None) -> Te
     return table.to(dtype) if dtype is not None else table
 
 
-def transformer_encoder(width: int, layers: int, heads: int, dropout: float) -> nn.TransformerEncoder:
-    """A post-norm torch TransformerEncoder on (B, L, width) with the project's fixed choices."""
-    layer = nn.TransformerEncoderLayer(
+class SDPAEncoderLayer(nn.TransformerEncoderLayer):
+    """torch's post-norm `TransformerEncoderLayer`, same parameters (checkpoints load either way),
+    whose self-attention always runs `F.scaled_dot_product_attention` with the padding mask
+    broadcast over heads and queries, in training and in eval alike.
+
+    Why not torch's own layer: in eval it takes a fast path that materialises a (B·H, L, L) masked
+    softmax, and in training `MultiheadAttention` expands the padding mask to (B·H, L, L) floats;
+    at MOSI's 375 audio and 500 vision frames both cost several times SDPA's fused kernels
+    (benchmarks/speed.md). The function computed is the same (tests/test_speed_switches.py).
+    """
+
+    def forward(self, src: Tensor, src_mask: Tensor | None = None,
+                src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if src_mask is not None or is_causal:
+            raise ValueError("SDPAEncoderLayer takes a key padding mask only")
+        x = self.norm1(src + self._attention(src, src_key_padding_mask))
+        return self.norm2(x + self._ff_block(x))
+
+    def _attention(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        attention = self.self_attn
+        batch, length, width = x.shape
+        heads = attention.num_heads
+        qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
+        query, key, value = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        mask = None
+        if key_padding_mask is not None:
+            # nn.TransformerEncoder hands its layers the mask as floats (0 real, -inf padding).
+            mask = (~key_padding_mask if key_padding_mask.dtype == torch.bool
+                    else key_padding_mask == 0)[:, None, None, :]
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask,
+            dropout_p=attention.dropout if self.training else 0.0)
+        attended = attended.transpose(1, 2).reshape(batch, length, width)
+        return self.dropout1(attention.out_proj(attended))
+
+
+ATTENTION_LAYERS = {"sdpa": SDPAEncoderLayer, "torch": nn.TransformerEncoderLayer}
+
+
+def transformer_encoder(width: int, layers: int, heads: int, dropout: float,
+                        attention: str = "sdpa",
+                        attention_dropout: float | None = None) -> nn.TransformerEncoder:
+    """A post-norm TransformerEncoder on (B, L, width) with the project's fixed choices.
+    `attention`: 'sdpa' (fused attention in training and eval) or 'torch' (torch's own layer).
+    `attention_dropout`: dropout on the attention weights (default `dropout`, as torch's layer).
+    At 0, training attention runs a fused kernel too; with dropout it needs the unfused one."""
+    layer = ATTENTION_LAYERS[attention](
         d_model=width, nhead=heads, dim_feedforward=FEEDFORWARD_RATIO * width,
         dropout=dropout, batch_first=True,
     )
+    if attention_dropout is not None:
+        layer.self_attn.dropout = float(attention_dropout)
     # Nested tensors would drop padded positions only in eval mode; keeping the dense path makes
     # train and eval compute the same function (and silences torch's warning about it).
     return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
@@ -69,7 +115,8 @@ class ModalityEncoder(nn.Module):
     """Eq. 1 for one modality: Conv1D projection to D, sinusoidal PE, a per-modality Transformer."""
 
     def __init__(self, input_dim: int, width: int, kernel_size: int, layers: int, heads: int,
-                 dropout: float, input_norm: str = "none"):
+                 dropout: float, input_norm: str = "none", attention: str = "sdpa",
+                 attention_dropout: float | None = None):
         super().__init__()
         # Open point of eq. 1 (the paper feeds i_m to Conv1D as is): precomputed features can span
         # many orders of magnitude per channel (openSMILE audio: std 0.001 to 51), so `input_norm`
@@ -80,7 +127,8 @@ class ModalityEncoder(nn.Module):
         # features) pass through any kernel size; torch pads even kernels asymmetrically.
         self.projection = nn.Conv1d(input_dim, width, kernel_size, padding="same")
         self.dropout = nn.Dropout(dropout)
-        self.transformer = transformer_encoder(width, layers, heads, dropout)
+        self.transformer = transformer_encoder(width, layers, heads, dropout, attention,
+                                               attention_dropout)
 
     def _standardise(self, steps: Tensor) -> Tensor:
         norm = self.input_norm
@@ -125,7 +173,8 @@ class MultimodalEncoder(nn.Module):
     def __init__(self, modalities: str, input_dims: dict[str, int], width: int, kernel_size: int,
                  layers: dict[str, int], heads: dict[str, int], shared_layers: int,
                  shared_heads: int, dropout: float, pooling: str,
-                 text_encoder: nn.Module | None = None, input_norm: str = "none"):
+                 text_encoder: nn.Module | None = None, input_norm: str = "none",
+                 attention: str = "sdpa", attention_dropout: float | None = None):
         super().__init__()
         self.modalities = modalities
         self.pooling = pooling
@@ -134,10 +183,11 @@ class MultimodalEncoder(nn.Module):
             input_dims = {**input_dims, "t": text_encoder.hidden_size}
         self.modality_encoders = nn.ModuleDict({
             m: ModalityEncoder(input_dims[m], width, kernel_size, layers[m], heads[m], dropout,
-                               input_norm)
+                               input_norm, attention, attention_dropout)
             for m in modalities
         })
-        self.shared_encoder = transformer_encoder(width, shared_layers, shared_heads, dropout)
+        self.shared_encoder = transformer_encoder(width, shared_layers, shared_heads, dropout,
+                                                  attention, attention_dropout)
 
     def _text_sequence(self, text: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.text_encoder is None:

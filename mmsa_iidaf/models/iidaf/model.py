@@ -53,7 +53,7 @@ class IIDAF(nn.Module):
             self.modalities, settings.feature_dims, width, int(settings.conv_kernel),
             settings.enc_layers, settings.enc_heads, int(settings.shared_layers),
             int(settings.shared_heads), float(settings.dropout), settings.pooling, text_encoder,
-            settings.input_norm,
+            settings.input_norm, settings.attention, settings.attention_dropout,
         )
 
         self.recover_latent = bool(settings.use_iamd) and float(settings.lambda_in) > 0
@@ -61,7 +61,7 @@ class IIDAF(nn.Module):
             reconstruct = float(settings.lambda_re) > 0
             self.disentanglers = nn.ModuleDict({
                 m: IAMD(width, int(settings.householder_vectors), float(settings.dropout), reconstruct,
-                        settings.mask_weights)
+                        settings.mask_weights, settings.householder)
                 for m in self.modalities
             })
         else:
@@ -80,6 +80,9 @@ class IIDAF(nn.Module):
         # 1 for each built modality the fusion reads at evaluation; `modality_selection` may
         # switch some off (the trainer's choice on the validation split).
         self.register_buffer("fused_modalities", torch.ones(len(self.modalities)))
+        if settings.compile:
+            # In place: parameter names, checkpoints and `model.Model` stay as they are.
+            self.compile()
 
     @property
     def text_encoder(self) -> nn.Module | None:

@@ -24,8 +24,14 @@ DEFAULTS = {
     "shared_layers": 1,
     "shared_heads": 4,
     "dropout": 0.1,
+    "attention_dropout": None,           # dropout on attention weights; None: `dropout`
     "pooling": "mean",
     "input_norm": "none",
+    # Speed switches that leave the computed function unchanged (benchmarks/speed.md).
+    "attention": "sdpa",                 # or "torch": torch's own TransformerEncoderLayer
+    "householder": "reflections",        # or "product": Q of eq. 3 by torch.linalg.householder_product
+    "compile": False,                    # torch.compile the model (opt-in; first steps compile)
+    "mixed_precision": "none",           # or "bf16": autocast in training and evaluation (GPU)
     "householder_vectors": 3,
     "mic_proj_dim": 64,
     "disc_hidden": 128,
@@ -54,6 +60,9 @@ MASK_WEIGHTS = ("sigmoid", "softmax")
 CMI_ESTIMATORS = ("predictive", "knn_discriminator")
 CMD_SCALES = ("range", "none")
 INPUT_NORMS = ("none", "batch")
+ATTENTIONS = ("sdpa", "torch")
+HOUSEHOLDER_CONSTRUCTIONS = ("reflections", "product")
+PRECISIONS = ("none", "bf16")
 TRAIN_MODES = ("regression", "classification")
 
 
@@ -106,9 +115,18 @@ def iidaf_settings(args) -> EasyDict:
             f"config 'householder_vectors' = {settings.householder_vectors} must be at least 1"
         )
     for key, choices in (("mask_weights", MASK_WEIGHTS), ("cmi_estimator", CMI_ESTIMATORS),
-                         ("cmd_scale", CMD_SCALES)):
+                         ("cmd_scale", CMD_SCALES), ("attention", ATTENTIONS),
+                         ("householder", HOUSEHOLDER_CONSTRUCTIONS),
+                         ("mixed_precision", PRECISIONS)):
         if settings[key] not in choices:
             raise ConfigError(f"config '{key}' = '{settings[key]}' must be one of {', '.join(choices)}")
+    if settings.compile and settings.attention == "torch":
+        raise ConfigError("config 'compile' = true needs 'attention' = 'sdpa': torch 2.13's "
+                          "inductor fails on torch's own TransformerEncoderLayer fast path")
+    if settings.attention_dropout is not None and not 0 <= float(settings.attention_dropout) < 1:
+        raise ConfigError(
+            f"config 'attention_dropout' = {settings.attention_dropout} must be in [0, 1) or null"
+        )
     if not 0 <= float(settings.modality_dropout) < 1:
         raise ConfigError(
             f"config 'modality_dropout' = {settings.modality_dropout} must be in [0, 1)"

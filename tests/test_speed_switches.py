@@ -1,0 +1,171 @@
+"""The speed switches of IIDAF leave what it computes unchanged: eval outputs equal within 1e-5
+with and without each exact switch (fused attention, Householder construction, torch.compile,
+inference mode), the same Q either way, bf16 autocast close to float32, and the attention dropout
+reaching every layer. No test asserts a time (benchmarks/speed.py measures them)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from easydict import EasyDict
+
+from mmsa_iidaf.errors import ConfigError
+from mmsa_iidaf.models import IIDAF
+from mmsa_iidaf.models.iidaf.encoders import transformer_encoder
+from mmsa_iidaf.models.iidaf.iamd import HouseholderMixing
+from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
+
+FEATURE_DIMS = [12, 6, 5]
+BATCH = 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_args(**overrides) -> EasyDict:
+    args = EasyDict(feature_dims=FEATURE_DIMS, d_model=16, conv_kernel=3, enc_layers=[1, 2, 1],
+                    enc_heads=[2, 2, 1], shared_layers=1, shared_heads=2, mic_proj_dim=8,
+                    disc_hidden=16, knn_k=2, train_mode="regression")
+    args.update(overrides)
+    return args
+
+
+def make_inputs() -> tuple[tuple, dict]:
+    generator = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(BATCH, length, dim, generator=generator)
+                   for length, dim in zip((5, 9, 7), FEATURE_DIMS))
+    # Unaligned lengths: padding must be masked the same way on both paths.
+    lengths = {"audio_lengths": torch.tensor([9, 4, 1, 9, 2, 6]),
+               "vision_lengths": torch.tensor([7, 7, 3, 1, 5, 2])}
+    return inputs, lengths
+
+
+def pair(**switched) -> tuple[IIDAF, IIDAF]:
+    """The default model and one with `switched`, holding the same weights."""
+    torch.manual_seed(0)
+    reference = IIDAF(make_args()).eval()
+    other = IIDAF(make_args(**switched)).eval()
+    other.load_state_dict(reference.state_dict())
+    return reference, other
+
+
+def assert_same_outputs(first: dict, second: dict, tolerance: float = 1e-5) -> None:
+    for key in ("M", "M_shared", "M_specific", "gamma"):
+        torch.testing.assert_close(second[key], first[key], atol=tolerance, rtol=0)
+    for part in ("shared", "specific", "latent"):
+        for m in first[part]:
+            torch.testing.assert_close(second[part][m], first[part][m], atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("switch", [{"attention": "torch"}, {"householder": "product"}])
+def test_exact_switches_leave_eval_outputs_unchanged(switch):
+    reference, other = pair(**switch)
+    inputs, lengths = make_inputs()
+    with torch.no_grad():
+        assert_same_outputs(reference(*inputs, **lengths), other(*inputs, **lengths))
+
+
+def test_fused_attention_layer_matches_torch_in_training_without_dropout():
+    """With dropout off, training-mode outputs and gradients agree too: only the attention
+    dropout's random draws differ between the two layers."""
+    torch.manual_seed(0)
+    fused = transformer_encoder(16, 2, 2, 0.0, "sdpa").train()
+    plain = transformer_encoder(16, 2, 2, 0.0, "torch").train()
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 10, 16, requires_grad=True)
+    padding = torch.arange(10)[None] >= torch.tensor([10, 6, 3, 1])[:, None]
+    real = ~padding
+    y_fused = fused(x, src_key_padding_mask=padding)
+    y_plain = plain(x, src_key_padding_mask=padding)
+    torch.testing.assert_close(y_fused[real], y_plain[real], atol=1e-5, rtol=0)
+    grads = [torch.autograd.grad(y[real].square().sum(), x)[0] for y in (y_fused, y_plain)]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=0)
+
+
+def test_householder_constructions_give_the_same_orthogonal_matrix():
+    torch.manual_seed(0)
+    reflections = HouseholderMixing(32, 3, "reflections")
+    product = HouseholderMixing(32, 3, "product")
+    product.load_state_dict(reflections.state_dict())
+    q = reflections.matrix()
+    torch.testing.assert_close(q, product.matrix(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(q @ q.T, torch.eye(32), atol=1e-6, rtol=0)
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(reflections.inverse(reflections(x)), x, atol=1e-5, rtol=0)
+
+
+def test_compiled_model_gives_the_same_eval_outputs():
+    reference, compiled = pair(compile=True)
+    inputs, lengths = make_inputs()
+    with torch.no_grad():
+        assert_same_outputs(reference(*inputs, **lengths), compiled(*inputs, **lengths))
+    # Compiling in place keeps the parameter names, so checkpoints load either way.
+    assert list(compiled.state_dict()) == list(reference.state_dict())
+
+
+class _Wrapper(torch.nn.Module):
+    """MMSA's AMIO holds the model as `.Model`; the trainer reads it there."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.Model = model
+
+    def forward(self, *args, **kwargs):
+        return self.Model(*args, **kwargs)
+
+
+def _loader() -> list[dict]:
+    inputs, lengths = make_inputs()
+    labels = torch.linspace(-3, 3, BATCH).unsqueeze(1)
+    return [{"text": inputs[0], "audio": inputs[1], "vision": inputs[2], **lengths,
+             "labels": {"M": labels}, "id": [f"clip{i}" for i in range(BATCH)]}]
+
+
+def _trainer(**overrides) -> IIDAFTrainer:
+    args = make_args(**overrides)
+    args.update(device=torch.device("cpu"), KeyEval="Loss", dataset_name="mosi",
+                model_name="iidaf", learning_rate=1e-3, weight_decay=0.0, seed=1,
+                model_save_path="unused.pth")
+    return IIDAFTrainer(args)
+
+
+def test_inference_mode_predictions_equal_a_no_grad_forward():
+    model, _ = pair()
+    predicted = _trainer().predict(_Wrapper(model), _loader())
+    inputs, lengths = make_inputs()
+    with torch.no_grad():
+        expected = model(*inputs, **lengths)["M"]
+    torch.testing.assert_close(torch.from_numpy(predicted["M"]), expected, atol=1e-6, rtol=0)
+
+
+def test_bf16_autocast_trains_and_predicts_close_to_float32():
+    """bf16 is not exact (8 bits of mantissa): predictions stay close and finite, and a training
+    epoch runs through every loss and the critic step."""
+    model, _ = pair()
+    wrapped = _Wrapper(model)
+    full = _trainer().predict(wrapped, _loader())["M"]
+    half_trainer = _trainer(mixed_precision="bf16")
+    half = half_trainer.predict(wrapped, _loader())["M"]
+    assert half.dtype == full.dtype
+    assert abs(half - full).max() < 0.05 * (abs(full).max() + 1)
+    optimizer, critic = half_trainer._optimizers(model)
+    results = half_trainer._train_epoch(wrapped, _loader(), optimizer, critic, 1)
+    assert torch.isfinite(torch.tensor(results["Loss"]))
+
+
+def test_attention_dropout_reaches_every_layer():
+    model = IIDAF(make_args(attention_dropout=0.0))
+    layers = [module for module in model.modules() if isinstance(module, torch.nn.MultiheadAttention)]
+    assert layers and all(layer.dropout == 0.0 for layer in layers)
+    default = IIDAF(make_args())
+    assert all(module.dropout == 0.1 for module in default.modules()
+               if isinstance(module, torch.nn.MultiheadAttention))
+
+
+def test_compile_with_torch_attention_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="needs 'attention' = 'sdpa'"):
+        IIDAF(make_args(compile=True, attention="torch"))
