@@ -10,7 +10,7 @@ from easydict import EasyDict
 
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.models import IIDAF
-from mmsa_iidaf.models.iidaf.encoders import transformer_encoder
+from mmsa_iidaf.models.iidaf.encoders import average_windows, transformer_encoder
 from mmsa_iidaf.models.iidaf.iamd import HouseholderMixing
 from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
 
@@ -169,3 +169,43 @@ def test_attention_dropout_reaches_every_layer():
 def test_compile_with_torch_attention_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="needs 'attention' = 'sdpa'"):
         IIDAF(make_args(compile=True, attention="torch"))
+
+
+# ---------------------------------------------------------------- the lite preset
+
+def test_average_windows_averages_real_steps_only():
+    sequence = torch.arange(1.0, 8.0).view(1, 7, 1).repeat(2, 1, 1)  # steps 1..7
+    mask = torch.arange(7)[None] >= torch.tensor([7, 4])[:, None]   # lengths 7 and 4
+    averaged, pooled_mask = average_windows(sequence, mask, 3)
+    assert averaged.shape == (2, 3, 1)
+    torch.testing.assert_close(averaged[0, :, 0], torch.tensor([2.0, 5.0, 7.0]))
+    # Length 4: windows (1, 2, 3), (4) and one of padding only.
+    torch.testing.assert_close(averaged[1, :2, 0], torch.tensor([2.0, 4.0]))
+    assert pooled_mask.tolist() == [[False, False, False], [False, False, True]]
+    same, same_mask = average_windows(sequence, mask, 1)
+    assert same is sequence and same_mask is mask
+
+
+def test_lite_preset_is_smaller_and_ignores_padding():
+    torch.manual_seed(0)
+    full = IIDAF(make_args(d_model=128, enc_layers=[3, 2, 2], enc_heads=[4, 2, 2],
+                           shared_heads=4, mic_proj_dim=64, disc_hidden=64))
+    lite = IIDAF(make_args(preset="lite")).eval()
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(lite) <= 0.5 * count(full)
+    assert lite.encoder.modality_encoders["a"].stride == 8
+    assert all(module.dropout == 0.0 for module in lite.modules()
+               if isinstance(module, torch.nn.MultiheadAttention))
+    inputs, lengths = make_inputs()
+    with torch.no_grad():
+        together = lite(*inputs, **lengths)["M"]
+        # More padding after a sample's real steps changes nothing for it.
+        longer = tuple(torch.cat([x, torch.randn(BATCH, 20, x.shape[2])], dim=1) if i else x
+                       for i, x in enumerate(inputs))
+        padded = lite(*longer, **lengths)["M"]
+    torch.testing.assert_close(padded, together, atol=1e-5, rtol=0)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ConfigError, match="'preset' = 'huge'"):
+        IIDAF(make_args(preset="huge"))

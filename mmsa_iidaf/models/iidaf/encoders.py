@@ -93,6 +93,24 @@ def padding_mask(lengths, max_length: int, device) -> Tensor:
     return torch.arange(max_length, device=device).unsqueeze(0) >= lengths.unsqueeze(1)
 
 
+def average_windows(sequence: Tensor, mask: Tensor | None, stride: int) -> tuple[Tensor, Tensor | None]:
+    """(B, L, C) -> (B, ⌈L/stride⌉, C): each window of `stride` steps replaced by the mean of its
+    real steps (mask True = pad), and the mask of the shorter sequence (a window is padding when
+    all its steps are). The lite preset's cut of attention's L² cost on long audio and vision."""
+    if stride == 1:
+        return sequence, mask
+    real = (torch.ones(sequence.shape[:2], device=sequence.device, dtype=sequence.dtype)
+            if mask is None else (~mask).to(sequence.dtype))
+    padding = -sequence.shape[1] % stride
+    summed = F.pad(sequence * real.unsqueeze(-1), (0, 0, 0, padding))
+    counts = F.pad(real, (0, padding))
+    batch, length, channels = summed.shape
+    summed = summed.view(batch, length // stride, stride, channels).sum(dim=2)
+    counts = counts.view(batch, length // stride, stride).sum(dim=2)
+    averaged = summed / counts.clamp_min(1).unsqueeze(-1)
+    return averaged, (None if mask is None else counts == 0)
+
+
 def pool_over_time(sequence: Tensor, mask: Tensor | None, mode: str) -> Tensor:
     """(B, L, D) -> (B, D), ignoring padded positions (mask True = pad).
 
@@ -116,8 +134,9 @@ class ModalityEncoder(nn.Module):
 
     def __init__(self, input_dim: int, width: int, kernel_size: int, layers: int, heads: int,
                  dropout: float, input_norm: str = "none", attention: str = "sdpa",
-                 attention_dropout: float | None = None):
+                 attention_dropout: float | None = None, stride: int = 1):
         super().__init__()
+        self.stride = stride
         # Open point of eq. 1 (the paper feeds i_m to Conv1D as is): precomputed features can span
         # many orders of magnitude per channel (openSMILE audio: std 0.001 to 51), so `input_norm`
         # 'batch' standardises each input channel over the real steps of the batch (running
@@ -139,8 +158,10 @@ class ModalityEncoder(nn.Module):
         return F.batch_norm(steps, norm.running_mean, norm.running_var, norm.weight, norm.bias,
                             training=False, eps=norm.eps)
 
-    def forward(self, sequence: Tensor, mask: Tensor | None) -> Tensor:
-        """(B, L, input_dim) and (B, L) padding mask or None -> x_m (B, L, D)."""
+    def forward(self, sequence: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(B, L, input_dim) and (B, L) padding mask or None -> x_m (B, L', D) and its mask;
+        L' = ⌈L / stride⌉ (L without a stride)."""
+        sequence, mask = average_windows(sequence, mask, self.stride)
         if mask is not None:
             # Padded steps must not leak into real ones through the convolution window.
             sequence = sequence.masked_fill(mask.unsqueeze(-1), 0.0)
@@ -154,7 +175,8 @@ class ModalityEncoder(nn.Module):
         projected = self.projection(sequence.transpose(1, 2)).transpose(1, 2)
         positions = sinusoidal_positions(projected.shape[1], projected.shape[2],
                                          device=projected.device, dtype=projected.dtype)
-        return self.transformer(self.dropout(projected + positions), src_key_padding_mask=mask)
+        encoded = self.transformer(self.dropout(projected + positions), src_key_padding_mask=mask)
+        return encoded, mask
 
 
 class MultimodalEncoder(nn.Module):
@@ -174,7 +196,8 @@ class MultimodalEncoder(nn.Module):
                  layers: dict[str, int], heads: dict[str, int], shared_layers: int,
                  shared_heads: int, dropout: float, pooling: str,
                  text_encoder: nn.Module | None = None, input_norm: str = "none",
-                 attention: str = "sdpa", attention_dropout: float | None = None):
+                 attention: str = "sdpa", attention_dropout: float | None = None,
+                 strides: dict[str, int] | None = None):
         super().__init__()
         self.modalities = modalities
         self.pooling = pooling
@@ -183,7 +206,8 @@ class MultimodalEncoder(nn.Module):
             input_dims = {**input_dims, "t": text_encoder.hidden_size}
         self.modality_encoders = nn.ModuleDict({
             m: ModalityEncoder(input_dims[m], width, kernel_size, layers[m], heads[m], dropout,
-                               input_norm, attention, attention_dropout)
+                               input_norm, attention, attention_dropout,
+                               (strides or {}).get(m, 1))
             for m in modalities
         })
         self.shared_encoder = transformer_encoder(width, shared_layers, shared_heads, dropout,
@@ -214,7 +238,7 @@ class MultimodalEncoder(nn.Module):
                 sequence = inputs[m]
                 mask = (None if lengths.get(m) is None
                         else padding_mask(lengths[m], sequence.shape[1], sequence.device))
-            encoded = self.modality_encoders[m](sequence, mask)
+            encoded, mask = self.modality_encoders[m](sequence, mask)
             encoded = self.shared_encoder(encoded, src_key_padding_mask=mask)
             pooled[m] = pool_over_time(encoded, mask, self.pooling)
         return pooled

@@ -54,6 +54,7 @@ class IIDAF(nn.Module):
             settings.enc_layers, settings.enc_heads, int(settings.shared_layers),
             int(settings.shared_heads), float(settings.dropout), settings.pooling, text_encoder,
             settings.input_norm, settings.attention, settings.attention_dropout,
+            settings.temporal_stride,
         )
 
         self.recover_latent = bool(settings.use_iamd) and float(settings.lambda_in) > 0

@@ -32,6 +32,8 @@ DEFAULTS = {
     "householder": "reflections",        # or "product": Q of eq. 3 by torch.linalg.householder_product
     "compile": False,                    # torch.compile the model (opt-in; first steps compile)
     "mixed_precision": "none",           # or "bf16": autocast in training and evaluation (GPU)
+    "temporal_stride": 1,                # [t, a, v] or one int: average every s steps first
+    "preset": "full",                    # or "lite": PRESETS["lite"] over the config
     "householder_vectors": 3,
     "mic_proj_dim": 64,
     "disc_hidden": 128,
@@ -54,6 +56,17 @@ DEFAULTS = {
     "lambda_re": 0.2,
     "lambda_mi": 0.1,
     "train_mode": "regression",
+}
+# Named settings applied over the config. "lite": the lightweight IIDAF the paper names as future
+# work (its cost: benchmarks/speed.md). Half the width and one layer per encoder, audio and vision
+# averaged over windows of 8 steps before their Transformers (attention over 47 / 63 instead of
+# 375 / 500 MOSI frames), and no dropout on attention weights, so training attention runs a fused
+# kernel. Chosen for cost; its accuracy against the full model is not yet measured.
+PRESETS = {
+    "full": {},
+    "lite": {"d_model": 64, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
+             "mic_proj_dim": 32, "disc_hidden": 32, "temporal_stride": [1, 8, 8],
+             "attention_dropout": 0.0},
 }
 POOLINGS = ("mean", "max", "last")
 MASK_WEIGHTS = ("sigmoid", "softmax")
@@ -83,11 +96,19 @@ def iidaf_settings(args) -> EasyDict:
     `output_dim` is added: 1 for regression, num_classes for classification.
     """
     settings = EasyDict({key: args.get(key, default) for key, default in DEFAULTS.items()})
+    if settings.preset not in PRESETS:
+        raise ConfigError(f"config 'preset' = '{settings.preset}' must be one of "
+                          f"{', '.join(PRESETS)}")
+    settings.update(PRESETS[settings.preset])
     if "feature_dims" not in args:
         raise ConfigError("config key 'feature_dims' is missing: give the input widths [t, a, v]")
     settings.feature_dims = _per_modality(args["feature_dims"], "feature_dims")
     settings.enc_layers = _per_modality(settings.enc_layers, "enc_layers")
     settings.enc_heads = _per_modality(settings.enc_heads, "enc_heads")
+    settings.temporal_stride = _per_modality(settings.temporal_stride, "temporal_stride")
+    if min(settings.temporal_stride.values()) < 1:
+        raise ConfigError(f"config 'temporal_stride' = {args.get('temporal_stride')} must be "
+                          f">= 1 for every modality")
 
     modalities = str(settings.modalities)
     if not modalities or set(modalities) - set(MODALITY_ORDER) or len(set(modalities)) != len(modalities):
