@@ -229,6 +229,22 @@ def test_p_value_is_scipys_paired_t_test_over_common_seeds():
     assert statistics.best_rows(table, "MAE").tolist() == [False, True]
 
 
+def test_undefined_correlations_are_counted_and_marked_in_the_table():
+    """A constant prediction has no Pearson r: the mean is over the seeds that have one, and the
+    table says on how many."""
+    reference = pd.DataFrame({"seed": [1, 2, 3], "Corr": [0.70, 0.72, 0.71]})
+    constant = pd.DataFrame({"seed": [1, 2, 3], "Corr": [np.nan, np.nan, 0.10]})
+    table = statistics.seed_summary({"a": reference, "b": constant}, ["Corr"])
+    assert table["Corr_n"].tolist() == [3, 1]
+    assert table.loc[1, "Corr_mean"] == pytest.approx(0.10)
+    table["text_input"] = "precomputed `text`"
+    entry = compare.Entry("a", "a", {}, "", Path("f.pkl"), "0" * 64)
+    text = compare.markdown(table, ["Corr"], dataset="mosi", command="cmd", entry=entry,
+                            seeds=[1, 2, 3])
+    assert "0.1000 (1/3 seeds)" in text and "0.7100 ± 0.0100 (" not in text
+    assert "undefined when a model predicts one constant" in text
+
+
 def test_bootstrap_interval_contains_the_true_mae_difference():
     rng = np.random.default_rng(7)
     n = 600

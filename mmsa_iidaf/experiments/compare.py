@@ -256,12 +256,16 @@ def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: 
                                                             else [])
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {metric: statistics.best_rows(table, metric) for metric in metrics}
+    undefined = False
     for index, row in table.iterrows():
         cells = [f"`{row['model']}`", str(row["n_seeds"]), row["text_input"]]
         for metric in metrics:
             cell = _value(row[f"{metric}_mean"], row[f"{metric}_std"])
             if best[metric][index]:
                 cell = f"**{cell}**"
+            if 0 < row[f"{metric}_n"] < row["n_seeds"]:
+                cell += f" ({row[f'{metric}_n']}/{row['n_seeds']} seeds)"
+                undefined = True
             if row[f"{metric}_p"] < 0.05:
                 cell += " †"
             cells.append(cell)
@@ -270,6 +274,9 @@ def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: 
                          f"{row['MAE_diff']:+.4f} [{row['MAE_diff_low']:+.4f}, "
                          f"{row['MAE_diff_high']:+.4f}]")
         lines.append("| " + " | ".join(cells) + " |")
+    if undefined:
+        lines += ["", "(k/n seeds): the metric is defined on k of the n seeds only (Pearson's r "
+                  "is undefined when a model predicts one constant); mean and std are over those."]
     areas = [c[:-len("_mean")] for c in table.columns if "_rauc_" in c and c.endswith("_mean")]
     if areas:
         lines += ["", "Robustness: area under each curve of the metric against the corruption "

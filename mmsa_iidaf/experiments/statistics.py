@@ -26,8 +26,9 @@ def paired_p_value(reference: pd.Series, other: pd.Series) -> float:
 
 def seed_summary(rows: dict[str, pd.DataFrame], metrics: list[str]) -> pd.DataFrame:
     """One row per model (the keys of `rows`, the first one the reference): `model`,
-    `n_seeds`, and per metric `{metric}_mean`, `{metric}_std` (ddof=1) and `{metric}_p` (against
-    the reference; NaN for the reference itself). Each value of `rows` has a `seed` column and
+    `n_seeds`, and per metric `{metric}_mean`, `{metric}_std` (ddof=1), `{metric}_p` (against
+    the reference; NaN for the reference itself) and `{metric}_n`, the seeds where the metric is
+    defined (Pearson's r is not, for a constant prediction); mean and std are over those. Each value of `rows` has a `seed` column and
     one column per metric."""
     names = list(rows)
     by_seed = {name: table.set_index("seed") for name, table in rows.items()}
@@ -40,6 +41,7 @@ def seed_summary(rows: dict[str, pd.DataFrame], metrics: list[str]) -> pd.DataFr
             values = table[metric] if metric in table else pd.Series(dtype=float)
             record[f"{metric}_mean"] = values.mean()
             record[f"{metric}_std"] = values.std(ddof=1)
+            record[f"{metric}_n"] = int(values.notna().sum())
             record[f"{metric}_p"] = (float("nan") if name == names[0] or metric not in reference
                                      else paired_p_value(reference[metric], values))
         records.append(record)
