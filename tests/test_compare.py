@@ -82,7 +82,9 @@ def test_grid_writes_seeds_rows_table_and_predictions(grid, mmsa_logger):
     table = pd.read_csv(results / "compare-mosi.csv")
     expected = ["model", "n_seeds", "text_input"] + [
         f"{m}_{s}" for m in METRICS for s in ("mean", "std", "p")]
-    assert list(table.columns) == expected + ["MAE_diff", "MAE_diff_low", "MAE_diff_high"]
+    assert list(table.columns) == expected + [f"{m}_n" for m in METRICS] + [
+        "MAE_diff", "MAE_diff_low", "MAE_diff_high"]
+    assert (table[[f"{m}_n" for m in METRICS]] == 2).all().all()  # every metric on both seeds
     assert table["model"].tolist() == ["lf_dnn", "iidaf"] and table["n_seeds"].tolist() == [2, 2]
     assert table.loc[0, [f"{m}_p" for m in METRICS]].isna().all()
     assert table.loc[1, "MAE_p"] == pytest.approx(stats.ttest_rel(

@@ -41,9 +41,11 @@ def seed_summary(rows: dict[str, pd.DataFrame], metrics: list[str]) -> pd.DataFr
             values = table[metric] if metric in table else pd.Series(dtype=float)
             record[f"{metric}_mean"] = values.mean()
             record[f"{metric}_std"] = values.std(ddof=1)
-            record[f"{metric}_n"] = int(values.notna().sum())
             record[f"{metric}_p"] = (float("nan") if name == names[0] or metric not in reference
                                      else paired_p_value(reference[metric], values))
+        # After every mean, std and p: the table's first columns stay those of the issue.
+        for metric in metrics:
+            record[f"{metric}_n"] = int(table[metric].notna().sum()) if metric in table else 0
         records.append(record)
     return pd.DataFrame(records)
 
