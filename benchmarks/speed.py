@@ -49,6 +49,7 @@ import torch  # noqa: E402
 
 import mmsa_iidaf  # noqa: E402,F401  (installs the plugin)
 from mmsa_iidaf import registry, runs  # noqa: E402
+from mmsa_iidaf.cli import parse_setting  # noqa: E402
 from mmsa_iidaf.data.synthetic import write_dataset  # noqa: E402
 from mmsa_iidaf.errors import UserError  # noqa: E402
 from mmsa_iidaf.text_encoders import STAND_IN  # noqa: E402
@@ -144,10 +145,7 @@ def parse_models(text: str) -> list[tuple[str, str, dict]]:
         name, inside = match.group(1).lower(), match.group(2)
         if not name:
             continue
-        try:
-            settings = dict(_override(item) for item in (inside or "").split(";") if item)
-        except argparse.ArgumentTypeError as error:
-            raise UserError(f"--models {text!r}: {error}") from None
+        settings = dict(parse_setting(item) for item in (inside or "").split(";") if item)
         specs.append((match.group(0).strip().strip(",").strip(), name, settings))
     return specs
 
@@ -306,7 +304,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def measure(models: list[str], options, setting: Setting) -> dict:
     device = torch.device(options.device)
-    overrides = list(options.overrides)
+    overrides = options.overrides
     with tempfile.TemporaryDirectory(prefix="mmsa_iidaf_speed_") as temp:
         work_dir = Path(temp)
         feature_file = data_file(work_dir, options.shapes)
@@ -421,16 +419,6 @@ def markdown(table: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"a setting is KEY=VALUE, not {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="python benchmarks/speed.py",
                                      description=__doc__.split("\n")[0])
@@ -445,7 +433,7 @@ def parse(argv: list[str] | None):
     parser.add_argument("--text", choices=("encoder", "features"), default="encoder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[],
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="[MODEL.]KEY=VALUE",
                         help="config override for every model, or for MODEL only (repeat)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
@@ -460,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(options.threads)
     try:
         models = parse_models(options.models)
+        options.overrides = [parse_setting(item) for item in options.overrides]
         if not models:
             raise UserError("--models is empty: name at least one model, e.g. --models iidaf,misa")
         for _, name, _ in models:

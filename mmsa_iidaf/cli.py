@@ -76,7 +76,7 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     return parser
 
 
-def _parse_setting(item: str) -> tuple[str, object]:
+def parse_setting(item: str) -> tuple[str, object]:
     key, separator, text = item.partition("=")
     if not separator or not key.strip():
         raise UserError(f"--set {item!r}: write KEY=VALUE, for example --set use_mic=false")
@@ -93,7 +93,7 @@ def _config_overrides(options, model: str, registry) -> tuple[dict, dict]:
     from .runs import uses_bert
     from .text_encoders import STAND_IN
 
-    overrides = dict(_parse_setting(item) for item in options.set)
+    overrides = dict(parse_setting(item) for item in options.set)
     if options.modalities is not None:
         overrides["modalities"] = options.modalities
     defaults = registry.config_for(model, options.dataset, options.config)

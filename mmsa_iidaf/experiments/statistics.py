@@ -28,8 +28,8 @@ def seed_summary(rows: dict[str, pd.DataFrame], metrics: list[str]) -> pd.DataFr
     """One row per model (the keys of `rows`, the first one the reference): `model`,
     `n_seeds`, and per metric `{metric}_mean`, `{metric}_std` (ddof=1), `{metric}_p` (against
     the reference; NaN for the reference itself) and `{metric}_n`, the seeds where the metric is
-    defined (Pearson's r is not, for a constant prediction); mean and std are over those. Each value of `rows` has a `seed` column and
-    one column per metric."""
+    defined (Pearson's r is not, for a constant prediction); mean and std are over those. Each
+    value of `rows` has a `seed` column and one column per metric."""
     names = list(rows)
     by_seed = {name: table.set_index("seed") for name, table in rows.items()}
     reference = by_seed[names[0]]

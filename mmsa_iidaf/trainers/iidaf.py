@@ -25,21 +25,11 @@ from ..errors import TrainingDiverged
 from ..models.iidaf import IIDAFObjective
 from ..models.iidaf.diagnostics import diagnose
 from ..models.iidaf.objective import TERMS
-from ..registry import metrics_for
+from ..registry import metrics_for, model_inputs
 
 logger = logging.getLogger("MMSA")
 
 LOWER_IS_BETTER = ("Loss", "MAE")
-
-
-def _batch_inputs(batch: dict, device) -> tuple:
-    """Model inputs of an MMSA batch: text, audio, vision and, for unaligned data, lengths."""
-    text, audio, vision = (batch[key].to(device) for key in ("text", "audio", "vision"))
-    lengths = {}
-    for key in ("audio_lengths", "vision_lengths"):
-        if key in batch:
-            lengths[key] = torch.as_tensor(batch[key], device=device)
-    return (text, audio, vision), lengths
 
 
 class IIDAFTrainer:
@@ -82,7 +72,7 @@ class IIDAFTrainer:
         sums, predictions, targets = defaultdict(float), [], []
         for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False,
                                           disable=None)):
-            inputs, lengths = _batch_inputs(batch, args.device)
+            inputs, lengths = model_inputs(args, batch)
             labels = self.objective.task_targets(batch["labels"]["M"].to(args.device))
             with self._precision():
                 outputs = model(*inputs, **lengths)
@@ -155,7 +145,7 @@ class IIDAFTrainer:
 
     def _batches(self, loader):
         for batch in loader:
-            inputs, lengths = _batch_inputs(batch, self.args.device)
+            inputs, lengths = model_inputs(self.args, batch)
             yield inputs, lengths, self.objective.task_targets(batch["labels"]["M"].to(self.args.device))
 
     def _is_better(self, current: float, best: float) -> bool:
@@ -212,7 +202,7 @@ class IIDAFTrainer:
         model.eval()
         collected = defaultdict(list)
         for batch in loader:
-            inputs, lengths = _batch_inputs(batch, self.args.device)
+            inputs, lengths = model_inputs(self.args, batch)
             with self._precision():
                 outputs = model(*inputs, **lengths)
             collected["labels"].append(self.objective.task_targets(batch["labels"]["M"]))
