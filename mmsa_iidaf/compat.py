@@ -387,3 +387,24 @@ def _ckpt():
 @_fix("TUNE", "tuning trials scored on the validation split")
 def _tune():
     return [(sys.modules[__name__], "TUNE_SPLIT", "valid")]
+
+
+# --- B10: MULT's trainer fine-tunes BERT at the fusion network's learning rate. -------------
+# With `use_finetune`, MulT's whole model, BERT included, gets `learning_rate` (2e-3 on MOSI),
+# which wrecks a pretrained encoder; MISA, Self-MM and MMIM give BERT its own rate. The fixed
+# trainer reads `learning_rate_bert` for the text encoder's parameters, and without that key
+# behaves as 2.2.1 (one rate for all).
+
+@_fix("B10", "MULT: BERT's own learning rate (`learning_rate_bert`) when it is fine-tuned")
+def _b10():
+    from MMSA.trains.singleTask.MULT import MULT
+
+    edit = (
+        "optimizer = optim.Adam(model.parameters(), lr=self.args.learning_rate)",
+        "optimizer = optim.Adam(["
+        "{'params': [p for n, p in model.named_parameters() if 'text_model.' in n], "
+        "'lr': self.args.get('learning_rate_bert', self.args.learning_rate)}, "
+        "{'params': [p for n, p in model.named_parameters() if 'text_model.' not in n]}], "
+        "lr=self.args.learning_rate)",
+    )
+    return [(MULT, "do_train", rewrite_method(MULT, "do_train", [edit]))]

@@ -34,6 +34,16 @@ MODALITIES = "tav"
 BERT_ONLY_MODELS = ("bert_mag", "tfr_net")
 
 
+# MMSA models whose training is undefined when `--modalities` zeroes a modality they fuse.
+NEEDS_EVERY_MODALITY = {
+    # MMILB's entropy term is the log-determinant of the covariance of each modality's features
+    # over a batch: a zeroed modality gives every sample the same features, logdet(0) = -inf,
+    # and the loss is NaN from the first epoch on.
+    "mmim": "its entropy estimate, logdet of each modality's feature covariance, is -inf on a "
+            "zeroed modality (NaN loss from the first epoch)",
+}
+
+
 def normalize_modalities(value) -> str:
     """'t,a' / 'ta' / ['t', 'a'] -> 'ta' (always in t, a, v order)."""
     letters = value if isinstance(value, (list, tuple)) else str(value).replace(",", "")
@@ -207,6 +217,11 @@ def run_config(model_name: str, dataset_name: str, config: dict | None, res_save
     config = dict(config or {})
     config.setdefault("train_mode", registry.train_mode(model_name, dataset_name))
     config["modalities"] = normalize_modalities(config.get("modalities", MODALITIES))
+    if model_name in NEEDS_EVERY_MODALITY and config["modalities"] != MODALITIES:
+        raise ConfigError(
+            f"{model_name} cannot run with modalities '{','.join(config['modalities'])}': "
+            f"{NEEDS_EVERY_MODALITY[model_name]}; run it on t, a, v (leave out --modalities)"
+        )
     config["res_save_dir"] = str(res_save_dir)
     return config
 

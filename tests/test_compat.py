@@ -4,6 +4,8 @@ from __future__ import annotations
 import ast
 import importlib
 import logging
+import sys
+import types
 
 import pandas as pd
 import pytest
@@ -195,6 +197,43 @@ def test_b9_one_set_of_log_handlers_per_process(tiny_mosi, run_dirs, mmsa_logger
         mmsa_run("lf_dnn", "mosi", tiny_mosi, dirs)
     # One more file and console handler: every line is now logged twice.
     assert len(mmsa_logger.handlers) == 4
+
+
+def test_b10_mult_gives_a_fine_tuned_bert_its_own_learning_rate(monkeypatch):
+    from MMSA.trains.singleTask import MULT
+
+    mult_module = sys.modules[MULT.__module__]
+    built = []
+
+    class OptimizerBuilt(Exception):
+        pass
+
+    def adam(params, lr):
+        built.append((list(params), lr))
+        raise OptimizerBuilt
+
+    monkeypatch.setattr(mult_module, "optim", types.SimpleNamespace(Adam=adam))
+    # Named as in MMSA's AMIO(MULT): the encoder under `text_model.`, the rest beside it.
+    model = torch.nn.ModuleDict({"text_model": torch.nn.Linear(2, 2), "proj": torch.nn.Linear(2, 1)})
+    encoder = list(model["text_model"].parameters())
+
+    def optimizer_of(args):
+        built.clear()
+        with pytest.raises(OptimizerBuilt):
+            MULT(args).do_train(model, dataloader={})
+        return built[0]
+
+    args = model_args("mult", learning_rate_bert=5e-5)
+    groups, lr = optimizer_of(args)
+    assert lr == args.learning_rate == 2e-3
+    assert groups[0]["lr"] == 5e-5 and groups[0]["params"] == encoder
+    assert "lr" not in groups[1] and len(groups[1]["params"]) == 2  # the fusion rate
+    # Without the key: one rate for all, as in 2.2.1.
+    groups, _ = optimizer_of(model_args("mult"))
+    assert groups[0]["lr"] == 2e-3
+    with compat.disabled("B10"):
+        params, lr = optimizer_of(args)
+    assert len(params) == 4 and not isinstance(params[0], dict) and lr == 2e-3
 
 
 def test_ckpt_a_stale_checkpoint_is_never_tested(tiny_mosi, run_dirs, monkeypatch, caplog,

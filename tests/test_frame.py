@@ -183,6 +183,16 @@ def test_cli_user_errors_are_one_line_with_exit_2(tmp_path):
     assert default.returncode == 2 and "MOSI/Processed/unaligned_50.pkl" in default.stderr
 
 
+def test_mmim_without_a_modality_is_refused_before_any_training(features, tmp_path):
+    results = tmp_path / "results"
+    refused = run_cli("-m", "lf_dnn", "-m", "mmim", "-d", "mosi", "-f", str(features),
+                      "--modalities", "t,a", "--res-save-dir", str(results))
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert "mmim cannot run with modalities 't,a'" in lines[0] and "logdet" in lines[0]
+    assert not results.exists() or not list(results.rglob("*.csv"))
+
+
 def test_cli_trains_several_seeds(features, tmp_path):
     config = tmp_path / "fast.json"
     config.write_text('{"lf_dnn": {"commonParams": {"early_stop": 1}}}')

@@ -15,6 +15,10 @@ PATCH_DIR = Path(__file__).resolve().parents[1] / "patches"
 # The installed package's folder, found without importing it.
 MMSA_DIR = Path(importlib.util.find_spec("MMSA").origin).parent
 
+# Diffs whose context is a line an earlier diff changed (B10's next line is B2's): "alone" means
+# on top of those.
+BUILDS_ON = {"B10": ["B2"]}
+
 needs_patch = pytest.mark.skipif(shutil.which("patch") is None,
                                  reason="the `patch` program is not installed")
 
@@ -78,6 +82,8 @@ def test_patches_apply_exactly_in_sequence_and_compile(tmp_path):
 @pytest.mark.parametrize("defect", list(compat.FIXES))
 def test_each_patch_also_applies_alone(tmp_path, defect):
     root = copy_mmsa_sources(tmp_path)
+    for earlier in BUILDS_ON.get(defect, []):
+        apply(patch_for(earlier), root)
     messages = apply(patch_for(defect), root)
     # Alone, a later diff may land some lines away from where it was made; never fuzzily.
     assert all(m.startswith("Hunk #") and "offset" in m and "fuzz" not in m for m in messages), \
