@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .errors import UserError
 from .experiments.ablations import ABLATIONS
-from .experiments.compare import ROBUSTNESS_KINDS
+from .experiments.compare import ROBUSTNESS_KINDS, RunsFailed
+from .experiments.executors import EXECUTORS
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -73,6 +74,21 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     parser.add_argument("--robustness", action="append", choices=list(ROBUSTNESS_KINDS),
                         help="after training, score every checkpoint of the comparison on test "
                              "inputs with missing or noisy modalities (repeat for both)")
+    grid = parser.add_argument_group("where a comparison's runs train")
+    grid.add_argument("--executor", choices=list(EXECUTORS), default="local",
+                      help="local: one run after another in this process (default); ray: each "
+                           "(model, seed) a Ray task (pip install -e \".[ray]\")")
+    grid.add_argument("--ray-address", default=None, metavar="ADDR",
+                      help="Ray cluster to use (default: Ray's own resolution: RAY_ADDRESS, "
+                           "else a local Ray started for the run)")
+    grid.add_argument("--gpus-per-run", type=float, default=None,
+                      help="GPUs each Ray task reserves (default 1 when the cluster has GPUs, "
+                           "else 0)")
+    grid.add_argument("--cpus-per-run", type=int, default=1,
+                      help="CPUs each Ray task reserves, and torch's thread count in it")
+    grid.add_argument("--storage", default=None, metavar="URI",
+                      help="with --executor ray, workers write checkpoints here (a folder or an "
+                           "fsspec URL such as s3://bucket/runs) instead of returning them")
     return parser
 
 
@@ -127,6 +143,15 @@ def _demo_feature(options, configs: dict) -> str:
     return feature
 
 
+def _executor(options):
+    from .experiments.executors import make_executor
+
+    if options.executor == "local":
+        return make_executor("local")
+    return make_executor("ray", address=options.ray_address, gpus_per_run=options.gpus_per_run,
+                         cpus_per_run=options.cpus_per_run, storage=options.storage)
+
+
 def _compare(options, overrides: dict, feature: str | None, argv: list[str]) -> None:
     from .experiments.compare import compare
 
@@ -140,7 +165,7 @@ def _compare(options, overrides: dict, feature: str | None, argv: list[str]) -> 
         gpu_ids=options.gpu_ids, num_workers=options.num_workers,
         verbose_level=options.verbose, model_save_dir=options.model_save_dir,
         res_save_dir=options.res_save_dir, log_dir=options.log_dir,
-        command="python run.py " + shlex.join(argv),
+        command="python run.py " + shlex.join(argv), executor=_executor(options),
     )
 
 
@@ -158,8 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         if options.demo:
             feature = _demo_feature(options, {m: config for m, (_, config) in per_model.items()})
         overrides = {model: o for model, (o, _) in per_model.items()}
-        if len(options.model) > 1 or options.ablation or options.robustness:
-            _compare(options, overrides, feature, argv)
+        comparing = len(options.model) > 1 or options.ablation or options.robustness
+        if options.executor != "local" and not comparing:
+            raise UserError("--executor ray spreads a comparison's runs: give several -m, or "
+                            "--ablation, or drop --executor")
+        if comparing:
+            try:
+                _compare(options, overrides, feature, argv)
+            except RunsFailed as failed:
+                print(f"error: {failed}", file=sys.stderr)
+                return 1
             return 0
         MMSA_run(
             options.model[0], options.dataset,

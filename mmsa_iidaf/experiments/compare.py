@@ -2,8 +2,9 @@
 
 `compare(models, dataset, seeds, ...)` plans every (model, seed), checks everything it can before
 training, skips what its seeds files already hold (same config fingerprint, same feature sha256),
-trains the rest through the ordinary `MMSA_run` (one call per model, so every seed's row and
-predictions are saved as the seed finishes), and then reads the seeds files back into
+trains the rest through an executor (`executors`: the ordinary `MMSA_run` here, one call per
+model, or one Ray task per (model, seed); either way every seed's row and predictions are saved
+as the seed finishes), and then reads the seeds files back into
 `compare-{dataset}.csv` and `compare-{dataset}.md` in `res_save_dir`. The first model is the
 reference of the p-values and of the MAE differences. With `robustness`, every finished
 checkpoint is also scored on corrupted test inputs (`robustness.run_robustness`) and each
@@ -25,13 +26,23 @@ from tqdm import tqdm
 from .. import compat, registry, runs
 from ..errors import ConfigError, FeatureFileError, UnknownNameError
 from ..text_encoders import resolve_pretrained
-from . import ablations, statistics
+from . import ablations, executors, statistics
 
 # MMSA_run's default seeds.
 DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 # robustness.KINDS, named here so that a comparison without --robustness does not import
 # robustness (and matplotlib with it).
 ROBUSTNESS_KINDS = ("missing", "noise")
+
+
+class RunsFailed(RuntimeError):
+    """Runs of a comparison that failed for good; the table holds the others."""
+
+    def __init__(self, failures: list[str], table_path: Path):
+        self.failures = failures
+        super().__init__(f"{len(failures)} run(s) failed (the table {table_path} has the others, "
+                         f"and rerunning the command retries only these): "
+                         + "; ".join(failures))
 
 
 @dataclass(frozen=True)
@@ -126,18 +137,17 @@ def finished(entry: Entry, dataset: str, res_save_dir, seeds) -> pd.DataFrame:
 
 @contextlib.contextmanager
 def progress_bar(total: int, enabled: bool):
-    """A bar over the (model, seed) grid, advanced as each seed's row is written."""
+    """A bar over the (model, seed) grid; the executor calls `advance(name, seed)` as each
+    seed's row is written."""
     bar = tqdm(total=total, desc="comparison", unit="run", disable=not enabled or total == 0)
 
-    def advance(args, results, is_tune, seed_run):
-        bar.set_postfix_str(f"{runs.run_name(args)} seed {args['seed']}")
+    def advance(name: str, seed: int):
+        bar.set_postfix_str(f"{name} seed {seed}")
         bar.update()
 
-    compat.RUN_HOOKS["after"].append(advance)
     try:
-        yield
+        yield advance
     finally:
-        compat.RUN_HOOKS["after"].remove(advance)
         bar.close()
 
 
@@ -219,6 +229,7 @@ def add_robustness(table: pd.DataFrame, metrics: list[str], entries: list[Entry]
 
     rows = pd.concat([finished(e, dataset, res_save_dir, seeds) for e in entries],
                      ignore_index=True)
+    executors.fetch_checkpoints(rows)
     curves = pd.concat([run_robustness(rows, kind, res_save_dir) for kind in kinds],
                        ignore_index=True)
     if curves.empty:
@@ -304,18 +315,18 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
             model_save_dir=runs.DEFAULT_HOME / "saved_models",
             res_save_dir=runs.DEFAULT_HOME / "results", log_dir=runs.DEFAULT_HOME / "logs",
             robustness: list[str] | None = None, command: str | None = None,
-            progress: bool = True) -> pd.DataFrame:
+            progress: bool = True, executor=None) -> pd.DataFrame:
     """Train every (model, seed) on one feature file and return the comparison table.
 
     `models`: MMSA model names, the first the reference; `ablation`: "modules", "losses" or
     "modalities" adds iidaf's variants (`iidaf[-mic]`, ...), the full iidaf first; `config`:
     overrides for every model, `model_configs`: {model: overrides} on top. Other arguments are
     MMSA_run's. `robustness`: kinds of corruption ("missing", "noise") to score every finished
-    checkpoint under after training. Seeds already in the seeds files with the same config and feature file are
+    checkpoint under after training. `executor`: where the runs train (`executors.LocalExecutor()`,
+    the default, or `executors.RayExecutor(...)`). Seeds already in the seeds files with the same config and feature file are
     not trained again. Writes `compare-{dataset}.csv` (the returned table) and `.md` in
-    `res_save_dir`. Raises a `UserError` before any training for bad names, files or configs."""
-    import MMSA
-
+    `res_save_dir`. Raises a `UserError` before any training for bad names, files or configs,
+    and `RunsFailed`, after writing the table of the runs that finished, if some run failed."""
     dataset = dataset.lower()
     seeds = list(dict.fromkeys(seeds)) or list(DEFAULT_SEEDS)
     robustness = list(robustness or [])
@@ -338,14 +349,12 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
     if skipped:
         print(f"comparison: {skipped} of {total} (model, seed) runs already in {res_save_dir} "
               f"with the same config and feature file: skipped")
-    with progress_bar(total - skipped, progress):
-        for entry in entries:
-            if pending[entry.name]:
-                MMSA.MMSA_run(
-                    entry.model, dataset, config_file=config_file, config=entry.config,
-                    seeds=pending[entry.name], gpu_ids=gpu_ids, num_workers=num_workers,
-                    verbose_level=verbose_level, model_save_dir=model_save_dir,
-                    res_save_dir=res_save_dir, log_dir=log_dir, **feature_paths)
+    grid = executors.Grid(dataset, config_file, feature_paths, gpu_ids, num_workers,
+                          verbose_level, Path(model_save_dir), Path(res_save_dir), Path(log_dir))
+    with progress_bar(total - skipped, progress) as advance:
+        outcome = (executor or executors.LocalExecutor()).run(
+            [(entry, pending[entry.name]) for entry in entries if pending[entry.name]],
+            grid, advance)
 
     table, metrics = build_table(entries, dataset, res_save_dir, seeds)
     if robustness:
@@ -359,4 +368,6 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
     text = markdown(table, metrics, dataset=dataset, command=command, entry=entries[0],
                     seeds=seeds)
     _write(res_dir / f"compare-{dataset}.md", lambda path: path.write_text(text))
+    if outcome.failures:
+        raise RunsFailed(outcome.failures, res_dir / f"compare-{dataset}.md")
     return table
