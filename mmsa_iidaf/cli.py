@@ -37,7 +37,9 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     parser.add_argument("-c", "--config", default=None,
                         help="config file, merged over MMSA's and this plugin's defaults")
     parser.add_argument("-t", "--tune", action="store_true",
-                        help="random search over config_tune.json, scored on the validation split")
+                        help="MMSA's random search over config_tune.json in this process, "
+                             "scored on the validation split (TPE, pruning and several workers "
+                             "on shared storage: python -m mmsa_iidaf.tune)")
     parser.add_argument("-tt", "--tune-times", type=int, default=50, help="tuning trials")
     parser.add_argument("-s", "--seeds", action="append", type=int, default=[],
                         help="random seed; repeat for several (default 1111..1115)")

@@ -185,11 +185,36 @@ def model_inputs(args, batch: dict) -> tuple[tuple, dict]:
     return (text, audio, vision), {}
 
 
-def build_dataloaders(args, num_workers: int = 0) -> dict:
-    """MMSA's train/valid/test loaders for `args` (the plugin's data hooks included)."""
-    from MMSA.data_loader import MMDataLoader
+def seed_everything(seed: int) -> None:
+    """MMSA's seeding of a run (torch, numpy, random; deterministic cuDNN)."""
+    from MMSA.utils import setup_seed
 
-    return MMDataLoader(args, num_workers)
+    setup_seed(seed)
+
+
+def device_for(gpu_ids: list) -> torch.device:
+    """MMSA's device choice: the GPU of `gpu_ids`, the freest GPU for [], else the CPU."""
+    from MMSA.utils import assign_gpu
+
+    return assign_gpu(list(gpu_ids))
+
+
+def build_dataloaders(args, num_workers: int = 0,
+                      splits: tuple[str, ...] = ("train", "valid", "test")) -> dict:
+    """MMSA's loaders for `splits` of `args` (the plugin's data hooks included), built as
+    MMSA's `MMDataLoader` builds them; it always builds all three splits, and tuning must never
+    build the test split."""
+    from MMSA.data_loader import MMDataset
+    from torch.utils.data import DataLoader
+
+    if "train" not in splits:
+        raise ValueError(f"splits {splits}: MMSA's sequence lengths come from the train split")
+    datasets = {split: MMDataset(args, mode=split) for split in splits}
+    if "seq_lens" in args:
+        args["seq_lens"] = datasets["train"].get_seq_len()
+    return {split: DataLoader(dataset, batch_size=args["batch_size"], num_workers=num_workers,
+                              shuffle=True)
+            for split, dataset in datasets.items()}
 
 
 # --- configuration ----------------------------------------------------------------------------

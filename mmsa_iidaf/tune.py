@@ -1,0 +1,295 @@
+"""`python -m mmsa_iidaf.tune`: hyper-parameter search with Optuna, chosen on the validation split.
+
+    python -m mmsa_iidaf.tune -m iidaf -d mosi -f FILE --trials 20 \\
+        --storage sqlite:///tune.db --study iidaf-mosi [--space FILE] [--best-config FILE]
+
+TPE sampler; a median pruner fed every epoch's validation loss. The search space is the model's
+`debugParams` in `configs/config_tune.json` (MMSA's tuning config: `d_paras` names the
+parameters, each with its list of values), or `--space FILE`. Any number of processes, on one
+machine or many, started with the same `--storage` (any Optuna RDB URL: SQLite, PostgreSQL,
+MySQL) and `--study` share the trials: Optuna's own distributed mode. `--trials` counts this
+process's trials. A trial trains on the train split and is scored on the validation split by the
+model's `KeyEval`; the test split is never built. At the end, the best trial so far is written as
+a config file for `run.py -c` and printed.
+
+MMSA's own `-t` (random search in one process) keeps working; this is its TPE, pruned, several-
+worker counterpart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from easydict import EasyDict
+
+from . import registry, runs
+from .errors import ConfigError, UserError
+
+DEFAULT_STORAGE = "sqlite:///tune.db"
+
+
+def _import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("tuning needs Optuna, which is not installed: "
+                          "pip install -e \".[tune]\" (or pip install optuna)") from None
+    return optuna
+
+
+# --- the search space ------------------------------------------------------------------------
+
+def space_from_tune_config(model: str, config_file=None) -> dict:
+    """{name: [values]} from the model's debugParams in the merged tuning config."""
+    config = registry.merged_config("tune", config_file)
+    debug = config.get(model, {}).get("debugParams")
+    if not debug or not debug.get("d_paras"):
+        raise ConfigError(f"no search space for '{model}': configs/config_tune.json has no "
+                          f"debugParams.d_paras for it; pass --space FILE")
+    return {name: debug[name] for name in debug["d_paras"]}
+
+
+def read_space(path: Path) -> dict:
+    """--space FILE: {name: [values]} (a categorical choice) or {name: {"low": ..., "high": ...,
+    "log": bool, "step": ...}} (a range), or MMSA's debugParams layout (`d_paras` + lists)."""
+    try:
+        space = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--space {path}: {error}") from None
+    if "d_paras" in space:
+        space = {name: space[name] for name in space["d_paras"]}
+    for name, values in space.items():
+        ranged = isinstance(values, dict) and {"low", "high"} <= set(values)
+        if not ranged and not (isinstance(values, list) and values):
+            raise ConfigError(f"--space {path}: '{name}' must be a non-empty list of values or "
+                              f"{{\"low\": ..., \"high\": ...}}")
+    return space
+
+
+def suggest(trial, space: dict) -> dict:
+    """One value per parameter. Lists of values that are not plain numbers or text (MMSA's
+    nested lists, e.g. hidden_dims) are chosen by their JSON text, which Optuna can store."""
+    values = {}
+    for name, choices in space.items():
+        if isinstance(choices, dict):
+            low, high = choices["low"], choices["high"]
+            kind = trial.suggest_int if all(isinstance(v, int) for v in (low, high)) \
+                else trial.suggest_float
+            values[name] = kind(name, low, high, log=bool(choices.get("log", False)),
+                                **({"step": choices["step"]} if "step" in choices else {}))
+        elif all(isinstance(c, (bool, int, float, str)) or c is None for c in choices):
+            values[name] = trial.suggest_categorical(name, choices)
+        else:
+            values[name] = json.loads(trial.suggest_categorical(
+                name, [json.dumps(c) for c in choices]))
+    return values
+
+
+# --- one trial: train, then score on the validation split ------------------------------------
+
+class Trainer:
+    """Trains one configuration of `model` on the train split and scores it on the validation
+    split; the test split is never built."""
+
+    def __init__(self, options, overrides: dict, feature: str | None):
+        self.options = options
+        self.overrides = overrides
+        self.feature = feature
+        base = self.preview({})
+        runs.check_feature_files(base)
+        self.key = base.get("KeyEval", "Loss")
+        self.direction = "minimize" if self.key == "Loss" else "maximize"
+
+    def preview(self, values: dict) -> dict:
+        o = self.options
+        config = runs.run_config(o.model, o.dataset, {**self.overrides, **values},
+                                 o.scratch)
+        return runs.preview_config(o.model, o.dataset, o.config, config,
+                                   custom_feature=self.feature, feature_T=None,
+                                   feature_A=None, feature_V=None)
+
+    def __call__(self, trial, values: dict) -> float:
+        import torch
+
+        optuna = _import_optuna()
+        args = EasyDict(self.preview(values))
+        args.update(device=registry.device_for(runs.select_gpus(self.options.gpu_ids)),
+                    model_save_path=Path(self.options.scratch) / f"trial{trial.number}.pth",
+                    seed=self.options.seed, cur_seed=1)
+        registry.seed_everything(self.options.seed)
+        runs.prepare_args(args)
+        loaders = registry.build_dataloaders(args, self.options.num_workers,
+                                             splits=("train", "valid"))
+        model = registry.build_model(args).to(args.device)
+        trainer = registry.build_trainer(args)
+        validated = trainer.do_test
+        epoch = 0
+
+        def report_each_validation(model, loader, mode="VAL", **kwargs):
+            nonlocal epoch
+            results = validated(model, loader, mode=mode, **kwargs)
+            if mode == "VAL":
+                epoch += 1
+                trial.report(float(results["Loss"]), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+            return results
+
+        trainer.do_test = report_each_validation
+        try:
+            trainer.do_train(model, loaders)
+            checkpoint = Path(args.model_save_path)
+            if checkpoint.is_file():
+                model.load_state_dict(torch.load(checkpoint, map_location=args.device))
+            results = validated(model, loaders["valid"], mode="VALID")
+        finally:
+            Path(args.model_save_path).unlink(missing_ok=True)
+        for name, value in results.items():
+            trial.set_user_attr(f"valid_{name}", float(value))
+        return float(results[self.key])
+
+
+def _same_trial(study, values: dict):
+    """A finished trial of the study with exactly these values, if any."""
+    optuna = _import_optuna()
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for other in study.get_trials(deepcopy=False, states=finished):
+        if other.params == values:
+            return other
+    return None
+
+
+def objective(train: Trainer, space: dict):
+    optuna = _import_optuna()
+
+    def run_trial(trial) -> float:
+        values = suggest(trial, space)
+        trial.set_user_attr("values", values)  # as the config takes them (lists included)
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        # TPE over a small discrete space proposes a finished configuration again: its result
+        # is reused rather than trained twice (MMSA's random search skips such repeats too).
+        earlier = _same_trial(trial.study, trial.params)
+        if earlier is not None:
+            trial.set_user_attr("same_as_trial", earlier.number)
+            if earlier.state == optuna.trial.TrialState.PRUNED:
+                raise optuna.TrialPruned(f"as trial {earlier.number}")
+            return earlier.value
+        return train(trial, values)
+
+    return run_trial
+
+
+# --- the study and its best configuration ----------------------------------------------------
+
+def storage_for(url: str):
+    import sqlalchemy.exc
+
+    optuna = _import_optuna()
+    # SQLite serialises writers: a worker waits for the lock instead of failing at once.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except sqlalchemy.exc.IntegrityError:
+            # Workers started together all create the schema; all but one lose that race and
+            # find it made a moment later.
+            time.sleep(1 + attempt)
+        except Exception as error:  # a bad URL or an unreachable server: SQLAlchemy's types
+            raise ConfigError(f"--storage {url}: {type(error).__name__}: "
+                              f"{str(error).strip().splitlines()[0]} (give an RDB URL such as "
+                              f"sqlite:///tune.db or postgresql://user:pw@host/db)") from None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+
+
+def best_config(study, options, overrides: dict) -> dict:
+    """A config file for `run.py -c` with the best trial's values: the user's config file, with
+    the values (and the --set overrides) in the model's datasetParams for the dataset, which
+    MMSA reads last."""
+    base = json.loads(Path(options.config).read_text()) if options.config else {}
+    section = base.setdefault(options.model, {})
+    dataset = section.setdefault("datasetParams", {}).setdefault(options.dataset, {})
+    dataset.update({**overrides, **study.best_trial.user_attrs["values"]})
+    return base
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mmsa_iidaf.tune",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("-m", "--model", required=True, type=str.lower)
+    parser.add_argument("-d", "--dataset", required=True, type=str.lower)
+    parser.add_argument("-f", "--feature", default=None, help="a whole MMSA feature pickle")
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file over the defaults, as for run.py")
+    parser.add_argument("--trials", type=int, required=True, help="this worker's trials")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna RDB URL")
+    parser.add_argument("--study", default=None, help="study name (default MODEL-DATASET)")
+    parser.add_argument("--space", default=None, type=Path,
+                        help="search space file (default: debugParams of config_tune.json)")
+    parser.add_argument("--best-config", default=None, type=Path,
+                        help="where to write the best trial's config (default STUDY-best.json)")
+    parser.add_argument("-s", "--seed", type=int, default=1111, help="training seed of trials")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fixed override for every trial, as for run.py")
+    parser.add_argument("--modalities", default=None)
+    parser.add_argument("-g", "--gpu-ids", action="append", type=int, default=[])
+    parser.add_argument("-n", "--num-workers", type=int, default=0)
+    parser.add_argument("--sampler-seed", type=int, default=None,
+                        help="TPE's seed (default: none, so workers propose different trials)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import parse_setting
+
+    options = build_parser().parse_args(argv)
+    try:
+        optuna = _import_optuna()
+        registry.check_names(options.model, options.dataset)
+        if options.trials < 1:
+            raise ConfigError(f"--trials {options.trials}: give 1 or more")
+        overrides = dict(parse_setting(item) for item in options.set)
+        if options.modalities is not None:
+            overrides["modalities"] = options.modalities
+        space = (read_space(options.space) if options.space
+                 else space_from_tune_config(options.model, options.config))
+        options.study = options.study or f"{options.model}-{options.dataset}"
+        with tempfile.TemporaryDirectory(prefix="mmsa-iidaf-tune-") as scratch:
+            options.scratch = scratch
+            train = Trainer(options, overrides, options.feature)
+            study = optuna.create_study(
+                study_name=options.study, storage=storage_for(options.storage),
+                load_if_exists=True, direction=train.direction,
+                sampler=optuna.samplers.TPESampler(seed=options.sampler_seed),
+                pruner=optuna.pruners.MedianPruner())
+            if study.direction.name.lower() != train.direction:
+                raise ConfigError(f"study '{options.study}' in {options.storage} "
+                                  f"{study.direction.name.lower()}s, but {options.model}'s "
+                                  f"KeyEval {train.key} is to {train.direction}: use another "
+                                  f"--study")
+            study.optimize(objective(train, space), n_trials=options.trials)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            print(f"no trial of study '{options.study}' has finished yet", file=sys.stderr)
+            return 1
+        config = best_config(study, options, overrides)
+        path = options.best_config or Path(f"{options.study}-best.json")
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        best = study.best_trial
+        print(f"best of {len(complete)} finished trial(s) in study '{options.study}': trial "
+              f"{best.number}, valid {train.key} {best.value:.4f}, {best.params}")
+        print(f"config written to {path}: python run.py -m {options.model} -d {options.dataset} "
+              f"-c {path}")
+        print(json.dumps(config, indent=2))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`python -m mmsa_iidaf.tune` with real Optuna: two worker processes on one SQLite study."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="Optuna is an optional extra: "
+                                              "pip install -e '.[tune]'")
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = {"learning_rate": [0.0005, 0.001, 0.005], "hidden_dims": [[8, 4, 8], [16, 8, 16]],
+         "dropouts": [[0.1, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2]]}
+# Every split a process builds is written to $SPLIT_LOG: the workers run with this
+# sitecustomize on their path, a spy around MMSA's dataset class.
+SPY = '''
+import os
+import MMSA.data_loader as loader
+
+_init = loader.MMDataset.__init__
+
+def _spy(self, args, mode="train"):
+    with open(os.environ["SPLIT_LOG"], "a") as log:
+        log.write(mode + "\\n")
+    _init(self, args, mode)
+
+loader.MMDataset.__init__ = _spy
+'''
+
+
+def tune(*args, env=None, wait=True):
+    command = [sys.executable, "-m", "mmsa_iidaf.tune", *map(str, args)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, **(env or {})})
+    return process.communicate(timeout=600) + (process.returncode,) if wait else process
+
+
+def test_two_workers_share_one_study_and_never_build_the_test_split(tmp_path, tiny_mosi):
+    (tmp_path / "spy").mkdir()
+    (tmp_path / "spy" / "sitecustomize.py").write_text(SPY)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    common = ["-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 3, "--storage", storage,
+              "--study", "shared", "--space", space, "--set", "early_stop=1"]
+    env = {"PYTHONPATH": str(tmp_path / "spy"), "SPLIT_LOG": str(tmp_path / "splits.log"),
+           "OMP_NUM_THREADS": "1"}
+    workers = [tune(*common, "--best-config", tmp_path / f"best{i}.json", env=env, wait=False)
+               for i in range(2)]
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-2000:]
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert [t.number for t in study.trials] == list(range(6))  # 3 + 3, none run twice
+    finished = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert all(t.state in finished for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert set(Path(tmp_path / "splits.log").read_text().split()) == {"train", "valid"}
+
+    # The best trial as a config file that run.py takes, with the values in their own types.
+    best = json.loads((tmp_path / "best1.json").read_text())
+    values = best["lf_dnn"]["datasetParams"]["mosi"]
+    assert values["hidden_dims"] in SPACE["hidden_dims"] and values["early_stop"] == 1
+    assert values["learning_rate"] == study.best_trial.params["learning_rate"]
+    run = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", "lf_dnn", "-d", "mosi",
+                          "-f", str(tiny_mosi), "-c", str(tmp_path / "best1.json"), "-s", "1",
+                          "--res-save-dir", str(tmp_path / "results"),
+                          "--model-save-dir", str(tmp_path / "models"),
+                          "--log-dir", str(tmp_path / "logs")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    config = json.loads(pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")["config"][0])
+    assert config["hidden_dims"] == values["hidden_dims"]
+
+
+def test_tune_user_errors_are_one_line_with_exit_2(tmp_path, tiny_mosi):
+    out, err, code = tune("-m", "nope", "-d", "mosi", "--trials", 1)
+    assert code == 2 and "unknown model 'nope'" in err and err.count("\n") == 1
+    out, err, code = tune("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1,
+                          "--storage", "nosuchdb://host/db")
+    assert code == 2 and err.count("\n") == 1 and "--storage nosuchdb://host/db" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"learning_rate": []}')
+    out, err, code = tune("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1,
+                          "--space", bad)
+    assert code == 2 and "'learning_rate' must be a non-empty list" in err
