@@ -150,20 +150,29 @@ def parse_models(text: str) -> list[tuple[str, str, dict]]:
     return specs
 
 
-def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
-                  device: torch.device, work_dir: Path, overrides: list) -> Subject:
-    label, model_name, own = spec
-    args = registry.config_for(model_name, DATASET)
+def run_args(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
+             device: torch.device, work_dir: Path, overrides: list,
+             dataset: str = DATASET) -> tuple[dict, str]:
+    """(the prepared args of a run of `spec` on `feature_file`, its text input in words)."""
+    _, model_name, own = spec
+    args = registry.config_for(model_name, dataset)
     text, text_input = text_settings(model_name, text_mode)
     args.update(text)
     args.update(model_overrides(model_name, overrides))
     args.update(own)
-    args.update(model_name=model_name, dataset_name=DATASET, custom_feature=str(feature_file),
+    args.update(model_name=model_name, dataset_name=dataset, custom_feature=str(feature_file),
                 feature_T=None, feature_A=None, feature_V=None, device=device, seed=1, cur_seed=1,
-                train_mode=registry.train_mode(model_name, DATASET), modalities="tav",
+                train_mode=registry.train_mode(model_name, dataset), modalities="tav",
                 cache_text_states=False, model_save_path=str(work_dir / f"{model_name}.pth"),
                 res_save_dir=str(work_dir))
     runs.prepare_args(args)
+    return args, text_input
+
+
+def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
+                  device: torch.device, work_dir: Path, overrides: list) -> Subject:
+    label, model_name, _ = spec
+    args, text_input = run_args(spec, feature_file, text_mode, device, work_dir, overrides)
     torch.manual_seed(1)
     loaders = registry.build_dataloaders(args, 0)
     model = registry.build_model(args).to(device)

@@ -47,3 +47,19 @@ def test_unknown_model_is_one_line_and_status_2():
     done = _speed("--models", "iidaf,nosuch", "--quick")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "nosuch" in done.stderr
+
+
+def test_scaling_quick_writes_its_table_plot_and_growth(tmp_path):
+    small = [f"--set=iidaf.{key}={json.dumps(value)}" for key, value in SMALL_IIDAF.items()]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick",
+                           "--threads", "1", "--out", str(tmp_path), *small], cwd=ROOT,
+                          text=True, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "scaling.json").read_text())
+    points = results["models"]["iidaf"]["points"]
+    assert [(p["sweep"], p["n_train"], p["length"]) for p in points] == [
+        ("data size", 64, 50), ("data size", 128, 50),
+        ("sequence length", 64, 8), ("sequence length", 64, 16)]
+    assert all(p["epoch_s"] > 0 and p["peak_rss_mb"] > 0 for p in points)
+    assert "N^" in (tmp_path / "scaling.md").read_text()
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
