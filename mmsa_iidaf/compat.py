@@ -222,6 +222,50 @@ def _b5():
     ]
 
 
+# --- B6: BERT_MAG does not run on transformers 5. --------------------------------------------
+# Its model classes call `init_weights()`, not `post_init()` (which sets what `from_pretrained`
+# reads in transformers 5: `AttributeError: ... 'all_tied_weights_keys'`), and MAG_BertModel's
+# forward re-implements BertModel's with helpers transformers 5 removed
+# (`get_extended_attention_mask`, `get_head_mask`). The fixed forward is transformers 5's
+# BertModel.forward with the MAG between the embeddings and the encoder, as MAG-BERT puts it.
+
+def mag_bert_forward(self, input_ids, visual, acoustic, attention_mask=None, token_type_ids=None,
+                     position_ids=None, head_mask=None, inputs_embeds=None,
+                     encoder_hidden_states=None, encoder_attention_mask=None,
+                     output_attentions=None, output_hidden_states=None):
+    from transformers.masking_utils import create_bidirectional_mask
+
+    unsupported = {"head_mask": head_mask, "encoder_hidden_states": encoder_hidden_states,
+                   "encoder_attention_mask": encoder_attention_mask,
+                   "output_attentions": output_attentions,
+                   "output_hidden_states": output_hidden_states}
+    given = [name for name, value in unsupported.items() if value]
+    if given:
+        raise ValueError(f"MAG_BertModel on transformers 5 does not take {', '.join(given)}")
+    embedding_output = self.embeddings(input_ids=input_ids, position_ids=position_ids,
+                                       token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
+    fused_embedding = self.MAG(embedding_output, visual, acoustic)
+    mask = create_bidirectional_mask(config=self.config, inputs_embeds=fused_embedding,
+                                     attention_mask=attention_mask)
+    sequence_output = self.encoder(fused_embedding, attention_mask=mask).last_hidden_state
+    pooled_output = self.pooler(sequence_output)
+    return (sequence_output, pooled_output)
+
+
+@_fix("B6", "BERT_MAG on transformers 5: post_init, and BertModel's forward with the MAG")
+def _b6():
+    from MMSA.models.singleTask.BERT_MAG import (MAG_BertForSequenceClassification,
+                                                 MAG_BertModel)
+
+    post_init = [("self.init_weights()", "self.post_init()")]
+    return [
+        (MAG_BertModel, "__init__", rewrite_method(MAG_BertModel, "__init__", post_init)),
+        (MAG_BertForSequenceClassification, "__init__",
+         rewrite_method(MAG_BertForSequenceClassification, "__init__", post_init)),
+        (MAG_BertModel, "forward", mag_bert_forward),
+    ]
+
+
 # --- B7: with numpy 2, the results CSV holds `(np.float64(80.1), np.float64(1.2))`. ----------
 
 def _plain_mean(values, *args, **kwargs):

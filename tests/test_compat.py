@@ -165,6 +165,54 @@ def test_b5_bert_models_follow_pretrained_and_its_width(tiny_mosi, hub_offline, 
     assert MMDataset(loader_args, mode="train").args["feature_dims"][0] == STAND_IN_WIDTH
 
 
+def test_b6_bert_mag_runs_on_transformers_5(hub_offline, tmp_path, run_dirs):
+    from transformers import BertModel
+
+    from MMSA.models.singleTask.BERT_MAG import BERT_MAG
+    from mmsa_iidaf.data.synthetic import write_dataset
+
+    stand_in = str(resolve_pretrained(STAND_IN))
+    args = model_args("bert_mag", pretrained=stand_in, feature_dims=[STAND_IN_WIDTH, 5, 20])
+    with compat.disabled("B6"):
+        with pytest.raises(AttributeError, match="all_tied_weights_keys"):
+            BERT_MAG(args)
+    torch.manual_seed(0)
+    model = BERT_MAG(args).eval()
+    mag_bert = model.model.bert
+    plain = BertModel.from_pretrained(stand_in).eval()
+    batch, length = 3, 12
+    ids = torch.randint(1000, 2000, (batch, length))
+    mask = torch.ones(batch, length)
+    mask[1, 8:] = 0  # padding, as text_bert's mask row has it
+    segments = torch.zeros(batch, length, dtype=torch.long)
+    vision, audio = torch.randn(batch, length, 20), torch.randn(batch, length, 5)
+    with torch.no_grad():
+        # With its gate at zero (W_hv, W_ha zero: no audio-visual shift) the MAG is its
+        # LayerNorm alone ...
+        for layer in (mag_bert.MAG.W_hv, mag_bert.MAG.W_ha):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        embedded = mag_bert.embeddings(input_ids=ids, token_type_ids=segments)
+        assert torch.equal(mag_bert.MAG(embedded, vision, audio), mag_bert.MAG.LayerNorm(embedded))
+        # ... and the rest of the forward pass is BertModel's: with that LayerNorm the identity,
+        # the outputs are a plain BERT forward's.
+        mag_bert.MAG.LayerNorm = torch.nn.Identity()
+        ours = mag_bert(ids, vision, audio, attention_mask=mask, token_type_ids=segments)
+        reference = plain(input_ids=ids, attention_mask=mask, token_type_ids=segments)
+    torch.testing.assert_close(ours[0], reference.last_hidden_state, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours[1], reference.pooler_output, atol=1e-5, rtol=0)
+
+    # A whole CPU run with the offline stand-in on word-aligned data (MAG's input).
+    aligned = write_dataset(tmp_path / "aligned.pkl", preset="mosi", aligned=True, n_train=32,
+                            n_valid=16, n_test=16)
+    dirs = run_dirs()
+    # learning_rate 0: two epochs (nothing improves after the first); the run is under test.
+    MMSA.MMSA_run("bert_mag", "mosi", custom_feature=str(aligned), seeds=[1],
+                  config={"early_stop": 1, "learning_rate": 0.0, "pretrained": STAND_IN}, **dirs)
+    rows = pd.read_csv(dirs["res_save_dir"] / "bert_mag-mosi-seeds.csv")
+    assert rows["MAE"].notna().all() and rows["text_encoder"][0].startswith(STAND_IN)
+
+
 def test_b7_results_csv_holds_plain_numbers(tiny_mosi, run_dirs):
     with compat.disabled("B7"):
         dirs = run_dirs("fix-off")
