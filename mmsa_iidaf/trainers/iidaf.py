@@ -1,10 +1,6 @@
-"""The IIDAF trainer: MMSA's trainer interface (`do_train`, `do_test`) on the joint objective.
-
-One epoch: for each batch, (1) one step of the conditional-MI discriminator φ on detached
-features (its own optimizer, eq. 18), then (2) one AdamW step of everything else on
-L = L_T + λ1 L_IN + λ2 L_S + λ3 L_H + λ4 L_RE + λ5 L_MI (eq. 23), where the model minimises φ's
-estimate. Then the validation split decides: a better `KeyEval` saves the checkpoint,
-`early_stop` epochs without one end training. The test split is never seen here.
+"""The IIDAF trainer: the joint-objective trainer (`trainers/joint.py`) on eq. 23, with one step
+of the conditional-MI discriminator φ per batch (eq. 18), plus modality selection and
+diagnostics.
 
 With `modality_selection`, each validation also scores the fusion without each modality in turn
 (u_m and r_m read as zeros, as `modality_dropout` trains it to) and keeps the best set in the
@@ -14,142 +10,18 @@ leaky vision of mosi_utt) is switched off by the validation split alone.
 from __future__ import annotations
 
 import logging
-import math
-from collections import defaultdict
-from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ..errors import TrainingDiverged
 from ..models.iidaf import IIDAFObjective
 from ..models.iidaf.diagnostics import diagnose
-from ..models.iidaf.objective import TERMS
-from ..registry import metrics_for, model_inputs
+from .joint import JointTrainer
 
 logger = logging.getLogger("MMSA")
 
-LOWER_IS_BETTER = ("Loss", "MAE")
 
-
-class IIDAFTrainer:
-    def __init__(self, args):
-        self.args = args
-        self.objective = IIDAFObjective(args)
-        self.metrics = metrics_for(args)
-        self.lower_is_better = args.KeyEval in LOWER_IS_BETTER
-
-    # --- training ------------------------------------------------------------------------
-
-    def _optimizers(self, iidaf) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-        args = self.args
-        groups = [{"params": [p for p in iidaf.main_parameters() if p.requires_grad],
-                   "lr": args.learning_rate}]
-        encoder = [p for p in iidaf.text_encoder_parameters() if p.requires_grad]
-        if encoder:  # fine-tuned BERT learns at its own rate (Table 2)
-            groups.append({"params": encoder, "lr": args.get("bert_learning_rate",
-                                                             args.learning_rate)})
-        main = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-        discriminator = None
-        if iidaf.discriminator_parameters():
-            discriminator = torch.optim.AdamW(
-                iidaf.discriminator_parameters(),
-                lr=args.get("disc_learning_rate", args.learning_rate),
-                weight_decay=args.weight_decay,
-            )
-        return main, discriminator
-
-    def _precision(self):
-        """bf16 autocast on the run's device with `mixed_precision: bf16` (meant for GPUs; the
-        weights, optimiser state and losses' reductions stay float32), else a no-op."""
-        device = torch.device(self.args.device)
-        enabled = self.args.get("mixed_precision", "none") == "bf16"
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def _train_epoch(self, model, loader, optimizer, disc_optimizer, epoch: int) -> dict:
-        args, iidaf = self.args, model.Model
-        model.train()
-        sums, predictions, targets = defaultdict(float), [], []
-        for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False,
-                                          disable=None)):
-            inputs, lengths = model_inputs(args, batch)
-            labels = self.objective.task_targets(batch["labels"]["M"].to(args.device))
-            with self._precision():
-                outputs = model(*inputs, **lengths)
-
-            if disc_optimizer is not None:
-                with self._precision():
-                    disc_loss = self.objective.discriminator_loss(iidaf, outputs, labels)
-                disc_optimizer.zero_grad()
-                disc_loss.backward()
-                disc_optimizer.step()
-                sums["L_critic"] += disc_loss.item()
-
-            with self._precision():
-                losses = self.objective(iidaf, outputs, labels)
-            if not torch.isfinite(losses["total"]):
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                # Before the first validated epoch there is no good checkpoint to point to.
-                kept = (f"the last good checkpoint {args.model_save_path} is kept"
-                        if Path(args.model_save_path).exists() else "no checkpoint was saved")
-                raise TrainingDiverged(
-                    f"seed {args.seed}, epoch {epoch}, batch {step}: the loss is not finite "
-                    f"({terms}); training stopped and {kept}: lower learning_rate or the λ of "
-                    f"the diverging term"
-                )
-            optimizer.zero_grad()
-            losses["total"].backward()
-            if args.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(iidaf.main_parameters(), args.grad_clip)
-            optimizer.step()
-
-            for key, value in losses.items():
-                sums[key] += value.item()
-            predictions.append(outputs["M"].detach().float().cpu())
-            targets.append(labels.cpu())
-        means = {key: total / len(loader) for key, total in sums.items()}
-        results = self.metrics(torch.cat(predictions), torch.cat(targets))
-        results["Loss"] = means["L_T"]
-        parts = sorted(key for key in means if "[" in key)  # L_R per pair, L_C per modality
-        terms = " ".join(f"{key}: {means[key]:.4f}" for key in ("total", *TERMS, "L_critic", *parts)
-                         if key in means)
-        logger.info(f"TRAIN-({args.model_name}) epoch {epoch} seed {args.seed} >> {terms}")
-        return results
-
-    def do_train(self, model, dataloader, return_epoch_results: bool = False):
-        args = self.args
-        optimizer, disc_optimizer = self._optimizers(model.Model)
-        best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
-        epoch_results = {"train": [], "valid": [], "test": []}
-        for epoch in range(1, int(args.get("max_epochs", 100)) + 1):
-            train_results = self._train_epoch(model, dataloader["train"], optimizer,
-                                              disc_optimizer, epoch)
-            valid_results = self.validate(model, dataloader["valid"])
-            current = valid_results[args.KeyEval]
-            improved = self._is_better(current, best)
-            if improved:
-                best, best_epoch = current, epoch
-                torch.save(model.state_dict(), args.model_save_path)
-            logger.info(
-                f"EPOCH-({args.model_name}) {epoch}: valid {args.KeyEval} {current:.4f}, best "
-                f"{best:.4f} at epoch {best_epoch}{' (saved)' if improved else ''}"
-            )
-            if return_epoch_results:
-                epoch_results["train"].append(train_results)
-                epoch_results["valid"].append(valid_results)
-            if epoch - best_epoch >= args.early_stop:
-                break
-        return epoch_results if return_epoch_results else None
-
-    # --- evaluation -----------------------------------------------------------------------
-
-    def _batches(self, loader):
-        for batch in loader:
-            inputs, lengths = model_inputs(self.args, batch)
-            yield inputs, lengths, self.objective.task_targets(batch["labels"]["M"].to(self.args.device))
-
-    def _is_better(self, current: float, best: float) -> bool:
-        return current < best - 1e-6 if self.lower_is_better else current > best + 1e-6
+class IIDAFTrainer(JointTrainer):
+    objective_class = IIDAFObjective
 
     @torch.inference_mode()
     def validate(self, model, loader) -> dict:
@@ -192,41 +64,3 @@ class IIDAFTrainer:
     def diagnose(self, model, loader) -> dict:
         """`diagnostics.diagnose` on `loader` (the run writes it for the test split)."""
         return diagnose(model.Model, self._batches(loader), self.args.train_mode)
-
-    @torch.inference_mode()
-    def predict(self, model, loader) -> dict:
-        """Predictions and the interpretable parts of the model for every sample of `loader`:
-        'M', 'M_shared', 'M_specific', 'gamma', per-modality 'shared_m'/'specific_m' features
-        and attention-mask weights 'mask_alpha_m'/'mask_beta_m' (IAMD only), labels and ids, as
-        numpy arrays in loader order."""
-        model.eval()
-        collected = defaultdict(list)
-        for batch in loader:
-            inputs, lengths = model_inputs(self.args, batch)
-            with self._precision():
-                outputs = model(*inputs, **lengths)
-            collected["labels"].append(self.objective.task_targets(batch["labels"]["M"]))
-            collected["ids"].extend(batch["id"])
-            for key in ("M", "M_shared", "M_specific", "gamma"):
-                if outputs.get(key) is not None:
-                    collected[key].append(outputs[key].float().cpu())
-            for part in ("shared", "specific", "mask_alpha", "mask_beta"):
-                for m, features in outputs.get(part, {}).items():
-                    collected[f"{part}_{m}"].append(features.float().cpu())
-        return {key: value if key == "ids" else torch.cat(value).numpy()
-                for key, value in collected.items()}
-
-    def do_test(self, model, dataloader, mode: str = "VAL", return_sample_results: bool = False):
-        predicted = self.predict(model, dataloader)
-        prediction, labels = torch.from_numpy(predicted["M"]), torch.from_numpy(predicted["labels"])
-        results = self.metrics(prediction, labels)
-        results["Loss"] = round(self.objective.task_loss(prediction, labels).item(), 4)
-        logger.info(f"{mode}-({self.args.model_name}) >> "
-                    + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
-        if return_sample_results:
-            results["Ids"] = predicted["ids"]
-            results["SResults"] = predicted["M"].squeeze()
-            results["Labels"] = predicted["labels"].tolist()
-            results["Features"] = {k: v for k, v in predicted.items()
-                                   if k.startswith(("shared_", "specific_")) or k == "gamma"}
-        return results

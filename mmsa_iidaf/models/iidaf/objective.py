@@ -33,6 +33,8 @@ class IIDAFObjective:
     plus the mean over modalities of HSIC(r_m, u_m) — with three modalities exactly eq. 13 and 15.
     """
 
+    terms = TERMS
+
     def __init__(self, args):
         self.settings = iidaf_settings(args)
         self.train_mode = self.settings.train_mode
