@@ -5,10 +5,14 @@ from .metrics import binary_metrics
 
 
 def register_all() -> None:
+    from .models.aofl import AOFL
     from .models.iidaf import IIDAF
+    from .trainers.aofl import AOFLTrainer
     from .trainers.iidaf import IIDAFTrainer
 
     registry.register_model("iidaf", IIDAF, IIDAFTrainer, classification=True)
+    # IIDAF's disentanglement peers, on IIDAF's encoder front end (docs/models/).
+    registry.register_model("aofl", AOFL, AOFLTrainer, classification=True)
     # UR-FUNNY: humour (1) or not (0) of a punchline; files from `python -m
     # mmsa_iidaf.data.ur_funny`. MMSA's models, which regress, take MOSI's settings.
     registry.register_dataset("ur_funny", task="classification", metrics=binary_metrics,

@@ -7,10 +7,10 @@ from __future__ import annotations
 from itertools import combinations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmsa_iidaf.losses import cmd, hsic, range_cmd
+from mmsa_iidaf.losses.task import task_loss, task_targets
 
 from .iamd import invertibility_loss, reconstruction_loss
 from .settings import iidaf_settings
@@ -50,16 +50,11 @@ class IIDAFObjective:
 
     def task_targets(self, labels: Tensor) -> Tensor:
         """MMSA labels (B,) or (B, 1) -> (B, 1) float scores (regression) or (B,) long classes."""
-        if self.train_mode == "regression":
-            return labels.reshape(-1, 1).float()
-        return labels.reshape(-1).long()
+        return task_targets(labels, self.train_mode)
 
     def task_loss(self, prediction: Tensor, labels: Tensor) -> Tensor:
         """L_T: MSE for regression, cross-entropy for classification (§2.5)."""
-        targets = self.task_targets(labels)
-        if self.train_mode == "regression":
-            return F.mse_loss(prediction, targets)
-        return F.cross_entropy(prediction, targets)
+        return task_loss(prediction, labels, self.train_mode)
 
     def __call__(self, model, outputs: dict, labels: Tensor) -> dict[str, Tensor]:
         """Returns {'L_T', 'L_IN', 'L_S', 'L_H', 'L_RE', 'L_MI', 'L_R', 'L_C', 'L_BR', 'total'}

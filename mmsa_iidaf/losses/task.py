@@ -1,0 +1,20 @@
+"""The task loss every model of this plugin trains on: MSE on a regression score, cross-entropy
+on classes (IIDAF's L_T, §2.5; its peers use the same, so a comparison isolates the method)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def task_targets(labels: Tensor, train_mode: str) -> Tensor:
+    """MMSA labels (B,) or (B, 1) -> (B, 1) float scores (regression) or (B,) long classes."""
+    if train_mode == "regression":
+        return labels.reshape(-1, 1).float()
+    return labels.reshape(-1).long()
+
+
+def task_loss(prediction: Tensor, labels: Tensor, train_mode: str) -> Tensor:
+    targets = task_targets(labels, train_mode)
+    if train_mode == "regression":
+        return F.mse_loss(prediction, targets)
+    return F.cross_entropy(prediction, targets)

@@ -1,0 +1,124 @@
+"""AO-FL (Che et al.): per modality a shared feature g_m (one projector for all modalities) and a
+specific feature h_m (a projector per modality) from IIDAF's encoder output X_m; the angle
+losses (objective.py) partially disentangle them; Orthogonal Projection Refinement (OPR) removes
+from h_m its component along g_m and enriches each g_m with the other modalities' shared features
+(attention over the M shared features: the multimodal context of one utterance); a head on all
+refined features predicts.
+
+Ablation switches: `use_opr` False fuses g_m and h_m as they are; the losses' λ (objective.py).
+"""
+from __future__ import annotations
+
+from easydict import EasyDict
+from torch import Tensor, nn
+import torch
+
+from mmsa_iidaf.errors import ConfigError
+from mmsa_iidaf.losses.angular import remove_projection
+from mmsa_iidaf.text_encoders import TextEncoder
+
+from ..iidaf.encoders import MultimodalEncoder
+from ..iidaf.settings import iidaf_settings
+
+# AO-FL's own keys and defaults (docs/models/aofl.md says which the paper gives).
+AOFL_DEFAULTS = {
+    "lambda_cen": 0.1,       # L_CEN, cross-modal consistency
+    "lambda_aac": 0.1,       # L_AAC, the angle floor between shared and specific
+    "lambda_csr": 0.1,       # L_CSR, the cosine-similarity ranking θ > φ
+    "cen_temperature": 0.1,
+    "aac_min_angle": 60.0,   # degrees: shared and specific at least this far apart, free above
+    "csr_margin": 0.1,       # in cosine
+    "use_opr": True,
+}
+
+
+def aofl_settings(args) -> EasyDict:
+    """IIDAF's settings for the shared front end (encoder keys, modalities, output_dim), plus
+    AO-FL's keys, checked."""
+    settings = iidaf_settings(args)
+    settings.update({key: args.get(key, default) for key, default in AOFL_DEFAULTS.items()})
+    for key in ("lambda_cen", "lambda_aac", "lambda_csr"):
+        if float(settings[key]) < 0:
+            raise ConfigError(f"config '{key}' = {settings[key]} must be >= 0")
+    if not 0 < float(settings.aac_min_angle) < 180:
+        raise ConfigError(f"config 'aac_min_angle' = {settings.aac_min_angle} must be in (0, 180) "
+                          f"degrees")
+    if float(settings.cen_temperature) <= 0:
+        raise ConfigError(f"config 'cen_temperature' = {settings.cen_temperature} must be > 0")
+    return settings
+
+
+def _projector(width: int, dropout: float) -> nn.Sequential:
+    # Linear last: an angle between two ReLU outputs could never exceed 90°.
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(width, width))
+
+
+class AOFL(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.settings = settings = aofl_settings(args)
+        self.modalities = settings.modalities
+        width, dropout = int(settings.d_model), float(settings.dropout)
+        text_encoder = None
+        if settings.use_bert and "t" in self.modalities:
+            text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune))
+        self.encoder = MultimodalEncoder(
+            self.modalities, settings.feature_dims, width, int(settings.conv_kernel),
+            settings.enc_layers, settings.enc_heads, int(settings.shared_layers),
+            int(settings.shared_heads), dropout, settings.pooling, text_encoder,
+            settings.input_norm, settings.attention, settings.attention_dropout,
+            settings.temporal_stride,
+        )
+        self.shared_projector = _projector(width, dropout)
+        self.specific_projectors = nn.ModuleDict(
+            {m: _projector(width, dropout) for m in self.modalities})
+        self.use_opr = bool(settings.use_opr)
+        if self.use_opr:
+            self.context = nn.MultiheadAttention(width, int(settings.shared_heads),
+                                                 dropout=dropout, batch_first=True)
+            self.context_norm = nn.LayerNorm(width)
+        fused_width = 2 * len(self.modalities) * width
+        self.head = nn.Sequential(nn.Linear(fused_width, width), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(width, settings.output_dim))
+
+    @property
+    def text_encoder(self) -> nn.Module | None:
+        return self.encoder.text_encoder
+
+    def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None) -> dict:
+        """'M' (B, output_dim); 'shared' {m: g_m}, 'specific' {m: h_m} (what the angle losses
+        act on); 'refined_shared', 'refined_specific' (after OPR, what the head reads);
+        'encoded' {m: X_m}."""
+        inputs = {"t": text, "a": audio, "v": vision}
+        missing = [m for m in self.modalities if inputs[m] is None]
+        if missing:
+            raise ConfigError(f"AO-FL got no input for modality '{missing[0]}' but config "
+                              f"'modalities' = '{self.modalities}' includes it")
+        encoded = self.encoder({m: inputs[m] for m in self.modalities},
+                               {"a": audio_lengths, "v": vision_lengths})
+        shared = {m: self.shared_projector(encoded[m]) for m in self.modalities}
+        specific = {m: self.specific_projectors[m](encoded[m]) for m in self.modalities}
+        refined_shared, refined_specific = shared, specific
+        if self.use_opr:
+            refined_specific = {m: remove_projection(specific[m], shared[m])
+                                for m in self.modalities}
+            tokens = torch.stack([shared[m] for m in self.modalities], dim=1)  # (B, M, D)
+            context, _ = self.context(tokens, tokens, tokens, need_weights=False)
+            enriched = self.context_norm(tokens + context)
+            refined_shared = {m: enriched[:, i] for i, m in enumerate(self.modalities)}
+        fused = torch.cat([refined_shared[m] for m in self.modalities]
+                          + [refined_specific[m] for m in self.modalities], dim=-1)
+        return {"M": self.head(fused), "shared": shared, "specific": specific,
+                "refined_shared": refined_shared, "refined_specific": refined_specific,
+                "encoded": encoded}
+
+    def text_encoder_parameters(self) -> list[nn.Parameter]:
+        return [] if self.text_encoder is None else list(self.text_encoder.parameters())
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return []  # AO-FL has no critic
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        excluded = {id(p) for p in self.text_encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in excluded]
