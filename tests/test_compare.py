@@ -6,6 +6,7 @@ every other test reads it, resumes it, or runs pure statistics.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import MMSA
@@ -15,7 +16,7 @@ import pytest
 from scipy import stats
 
 import mmsa_iidaf
-from mmsa_iidaf import cli
+from mmsa_iidaf import cli, runs
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import ConfigError, UnknownNameError
 from mmsa_iidaf.experiments import compare, robustness, statistics
@@ -120,6 +121,23 @@ def test_rerun_skips_finished_seeds_and_api_returns_the_table(grid, monkeypatch,
     written = pd.read_csv(root / "results" / "compare-mosi.csv")
     assert list(table.columns) == list(written.columns)
     pd.testing.assert_frame_equal(table, written, check_dtype=False)
+
+
+def test_mae_interval_reads_only_the_predictions_of_finished_seeds(grid, tmp_path):
+    root, _ = grid
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)
+    entries = compare.plan(["lf_dnn", "iidaf"], "mosi", config_file=str(root / "fast.json"),
+                                  res_save_dir=results, custom_feature=str(root / "tiny.pkl"))
+    clean, _ = compare.build_table(entries, "mosi", results, [1, 2, 3])
+    # Seed 3 was never run with this config: files left by another config must not count.
+    for name in ("lf_dnn", "iidaf"):
+        with np.load(runs.predictions_path(results, name, "mosi", 1)) as data:
+            stale = {key: data[key] for key in data.files}
+        stale["y_pred"] = stale["y_pred"] + (100.0 if name == "iidaf" else 0.0)
+        np.savez(runs.predictions_path(results, name, "mosi", 3), **stale)
+    table, _ = compare.build_table(entries, "mosi", results, [1, 2, 3])
+    pd.testing.assert_frame_equal(table, clean)
 
 
 def test_robustness_joins_the_table(grid, monkeypatch, mmsa_logger):

@@ -207,14 +207,19 @@ def build_table(entries: list[Entry], dataset: str, res_save_dir,
     table = statistics.seed_summary(rows, metrics)
     table.insert(2, "text_input", [text_input(rows[entry.name]) for entry in entries])
     if "MAE" in metrics:
-        reference = load_predictions(entries[0].name, dataset, res_save_dir, seeds)
+        # Only the predictions of finished seeds: a file of a seed run with another config
+        # (a row that no longer matches) would mix another model into the interval.
+        def predictions(entry: Entry) -> pd.DataFrame:
+            return load_predictions(entry.name, dataset, res_save_dir,
+                                    rows[entry.name]["seed"].tolist())
+
+        reference = predictions(entries[0])
         intervals = []
         for entry in entries:
             if entry is entries[0]:
                 intervals.append((math.nan,) * 3)
                 continue
-            pairs = statistics.paired_samples(
-                reference, load_predictions(entry.name, dataset, res_save_dir, seeds))
+            pairs = statistics.paired_samples(reference, predictions(entry))
             intervals.append(statistics.mae_difference(
                 pairs["y_true"], pairs["y_pred_reference"], pairs["y_pred_other"]))
         table[["MAE_diff", "MAE_diff_low", "MAE_diff_high"]] = intervals
