@@ -85,14 +85,20 @@ def test_two_workers_share_one_study_and_never_build_the_test_split(tmp_path, ti
     assert config["hidden_dims"] == values["hidden_dims"]
 
 
-def test_tune_user_errors_are_one_line_with_exit_2(tmp_path, tiny_mosi):
-    out, err, code = tune("-m", "nope", "-d", "mosi", "--trials", 1)
-    assert code == 2 and "unknown model 'nope'" in err and err.count("\n") == 1
-    out, err, code = tune("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1,
-                          "--storage", "nosuchdb://host/db")
-    assert code == 2 and err.count("\n") == 1 and "--storage nosuchdb://host/db" in err
+def test_tune_user_errors_are_one_line_with_exit_2(tmp_path, tiny_mosi, capsys):
+    from mmsa_iidaf.tune import main
+
+    def error_of(*args) -> str:
+        assert main([str(arg) for arg in args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        return err
+
+    assert "unknown model 'nope'" in error_of("-m", "nope", "-d", "mosi", "--trials", 1)
+    assert "--storage nosuchdb://host/db" in error_of(
+        "-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--storage",
+        "nosuchdb://host/db")
     bad = tmp_path / "bad.json"
     bad.write_text('{"learning_rate": []}')
-    out, err, code = tune("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1,
-                          "--space", bad)
-    assert code == 2 and "'learning_rate' must be a non-empty list" in err
+    assert "'learning_rate' must be a non-empty list" in error_of(
+        "-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--space", bad)
