@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import tempfile
 import time
@@ -72,17 +71,9 @@ def _epoch_child(request: dict, answer) -> None:
 
 
 def measure_point(spec, feature_file: Path, options, work_dir: Path) -> dict:
-    context = multiprocessing.get_context("spawn")
-    answer = context.Queue()
     request = {"model": spec, "feature_file": str(feature_file), "work_dir": str(work_dir),
                "threads": options.threads, "overrides": options.overrides}
-    child = context.Process(target=_epoch_child, args=(request, answer))
-    child.start()
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"{spec[0]} on {feature_file.name}: the child failed "
-                           f"(exit code {child.exitcode})")
-    return answer.get()
+    return speed.in_fresh_process(_epoch_child, request, f"{spec[0]} on {feature_file.name}")
 
 
 def exponent(xs: list[float], ys: list[float]) -> float:

@@ -280,21 +280,25 @@ def _memory_child(request: dict, answer) -> None:
     answer.put({"peak_rss_mb": _status_mb("VmHWM"), "import_rss_mb": imported})
 
 
-def peak_memory(spec: tuple[str, str, dict], feature_file: Path, options, work_dir: Path,
-                setting: Setting, overrides: list) -> dict:
-    """Peak RSS of a fresh process that builds the model of `spec` and trains and runs it."""
+def in_fresh_process(target, request: dict, what: str) -> dict:
+    """`target(request, answer_queue)` in a new (spawned) Python process; what it put."""
     context = multiprocessing.get_context("spawn")
     answer = context.Queue()
-    request = {"model": spec, "feature_file": str(feature_file), "text": options.text,
-               "work_dir": str(work_dir), "threads": options.threads,
-               "steps": setting.memory_steps, "overrides": overrides}
-    child = context.Process(target=_memory_child, args=(request, answer))
+    child = context.Process(target=target, args=(request, answer))
     child.start()
     child.join()
     if child.exitcode != 0:
-        raise RuntimeError(f"the memory measurement of {spec[0]} failed "
-                           f"(child exit code {child.exitcode})")
+        raise RuntimeError(f"{what} failed (child exit code {child.exitcode})")
     return answer.get()
+
+
+def peak_memory(spec: tuple[str, str, dict], feature_file: Path, options, work_dir: Path,
+                setting: Setting, overrides: list) -> dict:
+    """Peak RSS of a fresh process that builds the model of `spec` and trains and runs it."""
+    request = {"model": spec, "feature_file": str(feature_file), "text": options.text,
+               "work_dir": str(work_dir), "threads": options.threads,
+               "steps": setting.memory_steps, "overrides": overrides}
+    return in_fresh_process(_memory_child, request, f"the memory measurement of {spec[0]}")
 
 
 def gpu_peak_mb(subject: Subject, setting: Setting) -> float:

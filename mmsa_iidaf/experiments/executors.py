@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from .. import runs
+from .. import compat, runs
 from ..errors import ConfigError
 
 EXECUTORS = ("local", "ray")
@@ -57,8 +57,6 @@ class LocalExecutor:
     def run(self, pending: list, grid: Grid, advance: Callable) -> Outcome:
         import MMSA
 
-        from .. import compat
-
         def after(args, results, is_tune, seed_run):
             advance(runs.run_name(args), args["seed"])
 
@@ -84,10 +82,6 @@ def _import_ray():
         raise ConfigError("--executor ray needs Ray, which is not installed: "
                           "pip install -e \".[ray]\" (or pip install ray)") from None
     return ray
-
-
-def _sha256(path: Path) -> str:
-    return runs.file_sha256(path)
 
 
 @dataclass(frozen=True)
@@ -135,7 +129,7 @@ def _local_copy(shipped: ShippedFile, scratch: Path) -> str:
     import ray
 
     here = Path(shipped.path)
-    if here.is_file() and _sha256(here) == shipped.sha256:
+    if here.is_file() and runs.file_sha256(here) == shipped.sha256:
         return shipped.path
     copy = scratch / "inputs" / f"{shipped.sha256[:16]}-{here.name}"
     copy.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +218,7 @@ class RayExecutor:
         task = ray.remote(num_cpus=self.cpus_per_run, num_gpus=gpus,
                           max_retries=1)(train_one_run)
         config_text = Path(grid.config_file).read_text() if grid.config_file else None
-        features = {key: ShippedFile(str(Path(path).resolve()), _sha256(Path(path)),
+        features = {key: ShippedFile(str(Path(path).resolve()), runs.file_sha256(Path(path)),
                                      ray.put(Path(path).read_bytes()))
                     for key, path in grid.feature_paths.items() if path}
         futures = {}

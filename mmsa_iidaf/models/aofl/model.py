@@ -15,7 +15,6 @@ import torch
 
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.losses.angular import remove_projection
-from mmsa_iidaf.text_encoders import TextEncoder
 
 from ..iidaf.encoders import MultimodalEncoder
 from ..iidaf.settings import iidaf_settings
@@ -60,16 +59,7 @@ class AOFL(nn.Module):
         self.settings = settings = aofl_settings(args)
         self.modalities = settings.modalities
         width, dropout = int(settings.d_model), float(settings.dropout)
-        text_encoder = None
-        if settings.use_bert and "t" in self.modalities:
-            text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune))
-        self.encoder = MultimodalEncoder(
-            self.modalities, settings.feature_dims, width, int(settings.conv_kernel),
-            settings.enc_layers, settings.enc_heads, int(settings.shared_layers),
-            int(settings.shared_heads), dropout, settings.pooling, text_encoder,
-            settings.input_norm, settings.attention, settings.attention_dropout,
-            settings.temporal_stride,
-        )
+        self.encoder = MultimodalEncoder.from_settings(settings)
         self.shared_projector = _projector(width, dropout)
         self.specific_projectors = nn.ModuleDict(
             {m: _projector(width, dropout) for m in self.modalities})

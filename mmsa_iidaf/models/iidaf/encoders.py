@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmsa_iidaf.text_encoders import TextEncoder
+
 # Feed-forward width of every Transformer layer, as a multiple of D. The paper does not give it;
 # 4 is the ratio of the original Transformer and of MulT (Tsai et al., 2019), which §2.1 cites.
 FEEDFORWARD_RATIO = 4
@@ -191,6 +193,22 @@ class MultimodalEncoder(nn.Module):
     with no mask (MMSA gives no text lengths). Audio and vision are masked by their lengths when
     given (MMSA's unaligned data), else every step is real.
     """
+
+    @classmethod
+    def from_settings(cls, settings) -> "MultimodalEncoder":
+        """The front end a model's settings (`iidaf_settings`) describe, with its BERT-family
+        `TextEncoder` when `use_bert` and text is among the modalities. IIDAF and its peers are
+        built on it, so a comparison between them isolates what comes after."""
+        text_encoder = None
+        if settings.use_bert and "t" in settings.modalities:
+            text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune))
+        return cls(
+            settings.modalities, settings.feature_dims, int(settings.d_model),
+            int(settings.conv_kernel), settings.enc_layers, settings.enc_heads,
+            int(settings.shared_layers), int(settings.shared_heads), float(settings.dropout),
+            settings.pooling, text_encoder, settings.input_norm, settings.attention,
+            settings.attention_dropout, settings.temporal_stride,
+        )
 
     def __init__(self, modalities: str, input_dims: dict[str, int], width: int, kernel_size: int,
                  layers: dict[str, int], heads: dict[str, int], shared_layers: int,

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from mmsa_iidaf.errors import ConfigError
-from mmsa_iidaf.text_encoders import TextEncoder
 
 from .encoders import MultimodalEncoder
 from .iamd import IAMD, LatentSplit
@@ -46,16 +45,7 @@ class IIDAF(nn.Module):
         self.modalities = settings.modalities
         width = int(settings.d_model)
 
-        text_encoder = None
-        if settings.use_bert and "t" in self.modalities:
-            text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune))
-        self.encoder = MultimodalEncoder(
-            self.modalities, settings.feature_dims, width, int(settings.conv_kernel),
-            settings.enc_layers, settings.enc_heads, int(settings.shared_layers),
-            int(settings.shared_heads), float(settings.dropout), settings.pooling, text_encoder,
-            settings.input_norm, settings.attention, settings.attention_dropout,
-            settings.temporal_stride,
-        )
+        self.encoder = MultimodalEncoder.from_settings(settings)
 
         self.recover_latent = bool(settings.use_iamd) and float(settings.lambda_in) > 0
         if settings.use_iamd:
