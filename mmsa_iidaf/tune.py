@@ -3,7 +3,9 @@
     python -m mmsa_iidaf.tune -m iidaf -d mosi -f FILE --trials 20 \\
         --storage sqlite:///tune.db --study iidaf-mosi [--space FILE] [--best-config FILE]
 
-TPE sampler; a median pruner fed every epoch's validation loss. The search space is the model's
+TPE sampler and a median pruner fed every epoch's validation loss; or, with `--grid`, every
+combination of a list-valued space, each trained to its end (a grid compares its points, so none is
+pruned on another's early epochs). The search space is the model's
 `debugParams` in `configs/config_tune.json` (MMSA's tuning config: `d_paras` names the
 parameters, each with its list of values), or `--space FILE`. Any number of processes, on one
 machine or many, started with the same `--storage` (any Optuna RDB URL: SQLite, PostgreSQL,
@@ -71,6 +73,24 @@ def read_space(path: Path) -> dict:
     return space
 
 
+def _categorical(choices: list) -> list:
+    """Choices as Optuna stores them: plain numbers and text as they are, MMSA's nested lists
+    (e.g. hidden_dims) by their JSON text."""
+    if all(isinstance(c, (bool, int, float, str)) or c is None for c in choices):
+        return list(choices)
+    return [json.dumps(c) for c in choices]
+
+
+def grid_of(space: dict) -> dict:
+    """--grid: the space as GridSampler's search space; only lists of values can be gridded."""
+    ranges = [name for name, choices in space.items() if isinstance(choices, dict)]
+    if ranges:
+        raise ConfigError(f"--grid needs a list of values for every parameter; "
+                          f"{', '.join(ranges)} {'is a' if len(ranges) == 1 else 'are'} "
+                          f"range(s): list the values to try")
+    return {name: _categorical(choices) for name, choices in space.items()}
+
+
 def suggest(trial, space: dict) -> dict:
     """One value per parameter. Lists of values that are not plain numbers or text (MMSA's
     nested lists, e.g. hidden_dims) are chosen by their JSON text, which Optuna can store."""
@@ -82,11 +102,10 @@ def suggest(trial, space: dict) -> dict:
                 else trial.suggest_float
             values[name] = kind(name, low, high, log=bool(choices.get("log", False)),
                                 **({"step": choices["step"]} if "step" in choices else {}))
-        elif all(isinstance(c, (bool, int, float, str)) or c is None for c in choices):
-            values[name] = trial.suggest_categorical(name, choices)
         else:
-            values[name] = json.loads(trial.suggest_categorical(
-                name, [json.dumps(c) for c in choices]))
+            stored = _categorical(choices)
+            value = trial.suggest_categorical(name, stored)
+            values[name] = value if stored == list(choices) else json.loads(value)
     return values
 
 
@@ -217,6 +236,26 @@ def best_config(study, options, overrides: dict) -> dict:
     return base
 
 
+def trials_table(study) -> str:
+    """Every finished trial, its values and validation metrics, as a Markdown table: the record
+    of a selection (e.g. benchmarks/)."""
+    optuna = _import_optuna()
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                       optuna.trial.TrialState.PRUNED)]
+    params = sorted({name for t in finished for name in t.params})
+    metrics = sorted({name for t in finished for name in t.user_attrs
+                      if name.startswith("valid_")})
+    lines = ["| trial | state | " + " | ".join(params + metrics) + " |",
+             "|---" * (2 + len(params) + len(metrics)) + "|"]
+    for t in finished:
+        cells = [str(t.number), t.state.name.lower()]
+        cells += [str(t.params.get(name, "")) for name in params]
+        cells += [f"{t.user_attrs[name]:.4f}" if name in t.user_attrs else ""
+                  for name in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmsa_iidaf.tune",
                                      description=__doc__.split("\n")[0])
@@ -225,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", "--feature", default=None, help="a whole MMSA feature pickle")
     parser.add_argument("-c", "--config", default=None,
                         help="config file over the defaults, as for run.py")
-    parser.add_argument("--trials", type=int, required=True, help="this worker's trials")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="this worker's trials (with --grid: default, until the grid is done)")
+    parser.add_argument("--grid", action="store_true",
+                        help="try every combination of the space's lists, none pruned")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna RDB URL")
     parser.add_argument("--study", default=None, help="study name (default MODEL-DATASET)")
     parser.add_argument("--space", default=None, type=Path,
@@ -250,22 +292,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         optuna = _import_optuna()
         registry.check_names(options.model, options.dataset)
-        if options.trials < 1:
+        if options.trials is None and not options.grid:
+            raise ConfigError("--trials: give the number of trials (or --grid to try every "
+                              "combination of the space)")
+        if options.trials is not None and options.trials < 1:
             raise ConfigError(f"--trials {options.trials}: give 1 or more")
         overrides = dict(parse_setting(item) for item in options.set)
         if options.modalities is not None:
             overrides["modalities"] = options.modalities
         space = (read_space(options.space) if options.space
                  else space_from_tune_config(options.model, options.config))
+        if options.grid:
+            sampler = optuna.samplers.GridSampler(grid_of(space), seed=options.sampler_seed)
+            pruner = optuna.pruners.NopPruner()
+        else:
+            sampler = optuna.samplers.TPESampler(seed=options.sampler_seed)
+            pruner = optuna.pruners.MedianPruner()
         options.study = options.study or f"{options.model}-{options.dataset}"
         with tempfile.TemporaryDirectory(prefix="mmsa-iidaf-tune-") as scratch:
             options.scratch = scratch
             train = Trainer(options, overrides, options.feature)
             study = optuna.create_study(
                 study_name=options.study, storage=storage_for(options.storage),
-                load_if_exists=True, direction=train.direction,
-                sampler=optuna.samplers.TPESampler(seed=options.sampler_seed),
-                pruner=optuna.pruners.MedianPruner())
+                load_if_exists=True, direction=train.direction, sampler=sampler, pruner=pruner)
             if study.direction.name.lower() != train.direction:
                 raise ConfigError(f"study '{options.study}' in {options.storage} "
                                   f"{study.direction.name.lower()}s, but {options.model}'s "
@@ -285,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config written to {path}: python run.py -m {options.model} -d {options.dataset} "
               f"-c {path}")
         print(json.dumps(config, indent=2))
+        print(trials_table(study))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -102,3 +102,36 @@ def test_tune_user_errors_are_one_line_with_exit_2(tmp_path, tiny_mosi, capsys):
     bad.write_text('{"learning_rate": []}')
     assert "'learning_rate' must be a non-empty list" in error_of(
         "-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--space", bad)
+
+
+def test_grid_trains_every_combination_once_unpruned(tmp_path, tiny_mosi):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": [0.0005, 0.005],
+                                 "hidden_dims": [[8, 4, 8], [16, 8, 16]]}))
+    storage = f"sqlite:///{tmp_path / 'tune.db'}"
+    out, err, code = tune("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--grid",
+                          "--storage", storage, "--study", "grid", "--space", space,
+                          "--set", "early_stop=1", "--best-config", tmp_path / "best.json",
+                          env={"OMP_NUM_THREADS": "1"})
+    assert code == 0, err[-2000:]
+    study = optuna.load_study(study_name="grid", storage=storage)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    tried = sorted((t.user_attrs["values"]["learning_rate"], t.user_attrs["values"]["hidden_dims"])
+                   for t in study.trials)
+    assert tried == sorted((lr, dims) for lr in (0.0005, 0.005)
+                           for dims in ([8, 4, 8], [16, 8, 16]))
+    # The record of the selection: one table row per trial with its validation metrics.
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "trial" not in line]
+    assert len(rows) == 4 and all("complete" in row for row in rows)
+    assert "valid_Loss" in out
+
+
+def test_grid_refuses_a_range(tmp_path, tiny_mosi, capsys):
+    from mmsa_iidaf.tune import main
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-2}}))
+    assert main(["-m", "lf_dnn", "-d", "mosi", "-f", str(tiny_mosi), "--grid",
+                 "--space", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--grid needs a list of values" in err
