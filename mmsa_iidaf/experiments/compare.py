@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import compat, registry, runs
-from ..errors import ConfigError, FeatureFileError, UnknownNameError
+from ..errors import FeatureFileError, UnknownNameError
 from ..text_encoders import resolve_pretrained
 from . import ablations, executors, statistics
 
@@ -58,18 +58,16 @@ class Entry:
 
 
 def plan_names(models: list[str], ablation: str | None) -> list[tuple[str, str, dict]]:
-    """(name, model, overrides) per row. An ablation puts iidaf's variants first, the full model
-    leading, so that p-values are against it."""
+    """(name, model, overrides) per row. An ablation puts the ablated model's variants first,
+    the full model leading, so that p-values are against it."""
     models = list(dict.fromkeys(model.lower() for model in models))
     rows = [(model, model, {}) for model in models]
     if ablation is None:
         return rows
-    variants = ablations.variants(ablation)
-    if ablations.MODEL not in models:
-        raise ConfigError(f"--ablation {ablation} varies {ablations.MODEL}: add -m "
-                          f"{ablations.MODEL}")
-    return ([(name, ablations.MODEL, overrides) for name, overrides in variants.items()]
-            + [row for row in rows if row[0] != ablations.MODEL])
+    ablated = ablations.ablated_model(models, ablation)
+    return ([(name, ablated, overrides)
+             for name, overrides in ablations.variants(ablated, ablation).items()]
+            + [row for row in rows if row[0] != ablated])
 
 
 def plan(models, dataset, *, ablation=None, config_file=None, config=None, model_configs=None,

@@ -9,15 +9,15 @@ Ablation switches: `use_opr` False fuses g_m and h_m as they are; the losses' λ
 """
 from __future__ import annotations
 
-from easydict import EasyDict
-from torch import Tensor, nn
 import torch
+from easydict import EasyDict
+from torch import nn
 
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.losses.angular import remove_projection
 
+from ..common import JointModel, check_inputs, peer_settings, projector
 from ..iidaf.encoders import MultimodalEncoder
-from ..iidaf.settings import iidaf_settings
 
 # AO-FL's own keys and defaults (docs/models/aofl.md says which the paper gives).
 AOFL_DEFAULTS = {
@@ -34,35 +34,25 @@ AOFL_DEFAULTS = {
 def aofl_settings(args) -> EasyDict:
     """IIDAF's settings for the shared front end (encoder keys, modalities, output_dim), plus
     AO-FL's keys, checked."""
-    settings = iidaf_settings(args)
-    settings.update({key: args.get(key, default) for key, default in AOFL_DEFAULTS.items()})
-    for key in ("lambda_cen", "lambda_aac", "lambda_csr"):
-        if float(settings[key]) < 0:
-            raise ConfigError(f"config '{key}' = {settings[key]} must be >= 0")
+    settings = peer_settings(args, AOFL_DEFAULTS,
+                             non_negative=("lambda_cen", "lambda_aac", "lambda_csr"),
+                             positive=("cen_temperature",))
     if not 0 < float(settings.aac_min_angle) < 180:
         raise ConfigError(f"config 'aac_min_angle' = {settings.aac_min_angle} must be in (0, 180) "
                           f"degrees")
-    if float(settings.cen_temperature) <= 0:
-        raise ConfigError(f"config 'cen_temperature' = {settings.cen_temperature} must be > 0")
     return settings
 
 
-def _projector(width: int, dropout: float) -> nn.Sequential:
-    # Linear last: an angle between two ReLU outputs could never exceed 90°.
-    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(width, width))
-
-
-class AOFL(nn.Module):
+class AOFL(JointModel):
     def __init__(self, args):
         super().__init__()
         self.settings = settings = aofl_settings(args)
         self.modalities = settings.modalities
         width, dropout = int(settings.d_model), float(settings.dropout)
         self.encoder = MultimodalEncoder.from_settings(settings)
-        self.shared_projector = _projector(width, dropout)
+        self.shared_projector = projector(width, dropout)
         self.specific_projectors = nn.ModuleDict(
-            {m: _projector(width, dropout) for m in self.modalities})
+            {m: projector(width, dropout) for m in self.modalities})
         self.use_opr = bool(settings.use_opr)
         if self.use_opr:
             self.context = nn.MultiheadAttention(width, int(settings.shared_heads),
@@ -72,19 +62,12 @@ class AOFL(nn.Module):
         self.head = nn.Sequential(nn.Linear(fused_width, width), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(width, settings.output_dim))
 
-    @property
-    def text_encoder(self) -> nn.Module | None:
-        return self.encoder.text_encoder
-
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None) -> dict:
         """'M' (B, output_dim); 'shared' {m: g_m}, 'specific' {m: h_m} (what the angle losses
         act on); 'refined_shared', 'refined_specific' (after OPR, what the head reads);
         'encoded' {m: X_m}."""
         inputs = {"t": text, "a": audio, "v": vision}
-        missing = [m for m in self.modalities if inputs[m] is None]
-        if missing:
-            raise ConfigError(f"AO-FL got no input for modality '{missing[0]}' but config "
-                              f"'modalities' = '{self.modalities}' includes it")
+        check_inputs("AO-FL", self.modalities, inputs)
         encoded = self.encoder({m: inputs[m] for m in self.modalities},
                                {"a": audio_lengths, "v": vision_lengths})
         shared = {m: self.shared_projector(encoded[m]) for m in self.modalities}
@@ -102,13 +85,3 @@ class AOFL(nn.Module):
         return {"M": self.head(fused), "shared": shared, "specific": specific,
                 "refined_shared": refined_shared, "refined_specific": refined_specific,
                 "encoded": encoded}
-
-    def text_encoder_parameters(self) -> list[nn.Parameter]:
-        return [] if self.text_encoder is None else list(self.text_encoder.parameters())
-
-    def discriminator_parameters(self) -> list[nn.Parameter]:
-        return []  # AO-FL has no critic
-
-    def main_parameters(self) -> list[nn.Parameter]:
-        excluded = {id(p) for p in self.text_encoder_parameters()}
-        return [p for p in self.parameters() if id(p) not in excluded]
