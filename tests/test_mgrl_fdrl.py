@@ -34,8 +34,8 @@ LABELS = torch.tensor([1.0, -1.0, 0.5, -2.0, 0.0, 1.5, -0.5, 2.5])
 
 def peer_args(name: str, **overrides) -> EasyDict:
     args = EasyDict(registry.config_for(name, "mosi"))
-    args.update(SMALL, feature_dims=[48, 5, 20], train_mode="regression", device="cpu",
-                **overrides)
+    args.update({**SMALL, "feature_dims": [48, 5, 20], "train_mode": "regression",
+                 "device": "cpu", **overrides})
     return args
 
 
@@ -227,3 +227,21 @@ def test_run_py_learns_the_planted_signal_on_the_cpu(name, logged, signal_file, 
     assert row["Corr"] > 0.5
     log = (tmp_path / "logs" / f"{name}-mosi.log").read_text()
     assert all(term in log for term in logged)
+
+
+@pytest.mark.parametrize("name", ["aofl", "mgrl", "fdrl"])
+def test_classification_trains_every_term(name):
+    """UR-FUNNY's setting: two classes, cross-entropy; every loss finite and in the graph (a
+    hinge may already hold at initialisation)."""
+    from mmsa_iidaf.models.aofl import AOFL, AOFLObjective
+
+    model_class, objective_class = {"aofl": (AOFL, AOFLObjective), **MODELS}[name]
+    args = peer_args(name, train_mode="classification", num_classes=2)
+    model = model_class(args)
+    outputs = model(*inputs(8))
+    assert outputs["M"].shape == (8, 2)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    losses = objective_class(args)(model, outputs, labels)
+    named = [term for term in objective_class.terms if term != "L_T"]
+    assert all(torch.isfinite(losses[t]) and losses[t].requires_grad for t in named), losses
+    losses["total"].backward()
