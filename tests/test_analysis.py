@@ -1,6 +1,7 @@
 """`python -m mmsa_iidaf.analysis`: the paper's Fig. 4, Fig. 5, Table 8 and the disentanglement
-numbers from a checkpoint of a tiny iidaf run; the probes on planted features; mismatched
-checkpoints and non-iidaf models refused with one line and status 2.
+numbers from a checkpoint of a tiny iidaf run, the disentanglement numbers of a peer's (mgrl);
+the probes on planted features; mismatched checkpoints and models without shared and specific
+features refused with one line and status 2.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def runs(tiny_mosi, tmp_path_factory) -> dict:
-    """One seed of iidaf and one of lf_dnn on the tiny file, with their folders."""
+    """One seed of iidaf, mgrl and lf_dnn on the tiny file, with their folders."""
     root = tmp_path_factory.mktemp("analysed")
     dirs = run_folders(root)
     try:
@@ -32,11 +33,15 @@ def runs(tiny_mosi, tmp_path_factory) -> dict:
                       **dirs)
         MMSA.MMSA_run("lf_dnn", "mosi", config={"max_epochs": 1, "early_stop": 1},
                       custom_feature=str(tiny_mosi), seeds=[1], **dirs)
+        peer = {k: v for k, v in SMALL.items() if k not in ("mic_proj_dim", "disc_hidden")}
+        MMSA.MMSA_run("mgrl", "mosi", config=peer, custom_feature=str(tiny_mosi), seeds=[1],
+                      **dirs)
     finally:
         close_mmsa_handlers()
     return {"root": root, "results": dirs["res_save_dir"],
             "iidaf": dirs["model_save_dir"] / "iidaf-mosi-seed1.pth",
-            "lf_dnn": dirs["model_save_dir"] / "lf_dnn-mosi-seed1.pth"}
+            "lf_dnn": dirs["model_save_dir"] / "lf_dnn-mosi-seed1.pth",
+            "mgrl": dirs["model_save_dir"] / "mgrl-mosi-seed1.pth"}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,40 @@ def test_the_cli_writes_every_output(analysed):
     for name in ("tsne.png", "gates.png", "importance.csv", "disentanglement.csv"):
         assert f"]({name})" in report
     assert "python -m mmsa_iidaf.analysis " + str(analysed["argv"][0]) in report
+
+
+def test_the_measures_are_those_of_the_per_seed_diagnostics(analysed, runs):
+    """HSIC and CMD are computed from the collected features, the same way for every model;
+    for IIDAF they equal what its trainer's diagnostics measured during the run."""
+    row = find_seed_row(runs["iidaf"], res_save_dir=runs["results"])
+    run = load_run(json.loads(row["config"]), runs["iidaf"])
+    from mmsa_iidaf.analysis.checkpoint import in_order
+
+    diagnostics = run.trainer.diagnose(run.model, in_order(run.loaders["test"]))
+    table = pd.read_csv(analysed["out"] / "disentanglement.csv")
+    hsic_rows = table[table["measure"] == "hsic_specific_shared"].set_index("modality")["value"]
+    for m, value in diagnostics["hsic_shared_specific"].items():
+        assert hsic_rows[m] == pytest.approx(value, rel=1e-4, abs=1e-7)
+    cmd_rows = table[table["measure"] == "cmd_shared"].set_index("modality")["value"]
+    for pair, value in diagnostics["cmd_shared_standardised"].items():
+        assert cmd_rows[pair] == pytest.approx(value, rel=1e-4)
+
+
+def test_a_peer_gets_tsne_and_the_disentanglement_numbers(runs, tiny_mosi, tmp_path):
+    out = tmp_path / "mgrl"
+    assert main([runs["mgrl"], "-d", "mosi", "-f", tiny_mosi, "--out", out,
+                 "--res-save-dir", runs["results"]]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["disentanglement.csv", "report.md",
+                                                      "tsne.png"]
+    table = pd.read_csv(out / "disentanglement.csv")
+    assert set(table["measure"]) == {
+        "hsic_specific_shared", "cmd_shared", "probe_modality_from_shared",
+        "probe_modality_from_specific", "label_r2_shared", "label_r2_specific_and_shared",
+        "label_r2_specific_beyond_shared"}
+    assert np.isfinite(table["value"]).all()
+    report = (out / "report.md").read_text()
+    assert "](tsne.png)" in report and "gates.png" not in report
+    assert "Fig. 5 and Table 8 do not apply" in report
 
 
 def test_importance_rows_are_the_model_outputs(analysed, runs):
@@ -149,7 +188,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_exits_2(runs, tmp_path, capsy
 def test_a_baseline_or_an_unknown_checkpoint_exits_2(runs, tmp_path, capsys):
     line = refused([runs["lf_dnn"], "--res-save-dir", runs["results"], "--out", tmp_path / "o"],
                    capsys)
-    assert "needs an iidaf checkpoint" in line
+    assert "needs a checkpoint of a model with shared and specific features" in line
     line = refused([tmp_path / "nowhere-mosi-seed3.pth", "--res-save-dir", runs["results"],
                     "--out", tmp_path / "o"], capsys)
     assert "no seeds row" in line

@@ -1,6 +1,7 @@
 """`python -m mmsa_iidaf.analysis CHECKPOINT -d DATASET -f FILE --out DIR`: the paper's
 interpretability figures and tables (Fig. 4, Fig. 5, Table 8) and disentanglement numbers of one
-IIDAF checkpoint, on the test split. The run's config comes from its seeds row (found by the
+IIDAF checkpoint, or t-SNE and the same disentanglement numbers of a peer's (aofl, mgrl, fdrl),
+on the test split. The run's config comes from its seeds row (found by the
 checkpoint's path, or by the name, dataset and seed in its file name) or from --config-json.
 A mistake the user can fix prints one line and exits with status 2.
 """

@@ -1,10 +1,12 @@
-"""The paper's interpretability results from one IIDAF checkpoint, on the test split.
+"""The paper's interpretability results from one checkpoint, on the test split: of IIDAF, or of a
+disentanglement peer (AO-FL, MGRL, FDRL), whose shared and specific features are measured the
+same way, so that "disentangled" is compared across methods.
 
 - `tsne_figure`: t-SNE of every modality's shared r_m and specific u_m (Fig. 4);
-- `gates_figure`: the fusion gate γ and 1 − γ by sentiment class, and the attention mask's
-  α, β per modality by class (Fig. 5);
-- `importance_table`: full, shared-only g(s) and specific-only g(p) predictions, their metrics
-  and the relative drop against the full model (Table 8);
+- `gates_figure` (IIDAF): the fusion gate γ and 1 − γ by sentiment class, and the attention
+  mask's α, β per modality by class (Fig. 5);
+- `importance_table` (IIDAF): full, shared-only g(s) and specific-only g(p) predictions, their
+  metrics and the relative drop against the full model (Table 8);
 - `disentanglement_table`: HSIC(u_m, r_m), scale-free CMD between shared features, linear probes
   of the modality from r and from u, and the label R² that u adds to r.
 
@@ -14,6 +16,7 @@ with no display and no global figure state.
 from __future__ import annotations
 
 import math
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -30,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mmsa_iidaf import registry
 from mmsa_iidaf.errors import UserError
+from mmsa_iidaf.losses import hsic, scale_free_cmd
 
 from .checkpoint import LoadedRun, in_order
 
@@ -40,24 +44,34 @@ LOWER_IS_BETTER = ("MAE", "Loss")
 PREDICTIONS = (("full", "M"), ("shared_only", "M_shared"), ("specific_only", "M_specific"))
 
 
+DISENTANGLING = ("iidaf", "aofl", "mgrl", "fdrl")
+
+
 def collect(run: LoadedRun) -> dict:
-    """`IIDAFTrainer.predict` on the test split, in file order (with the attention mask's α and β
-    per modality). Only an IIDAF with its gate γ (SGAFF) has what the figures need."""
-    if run.args["model_name"] != "iidaf":
+    """The trainer's `predict` on the test split, in file order: predictions, labels, every
+    modality's shared and specific features; IIDAF's also γ, the branch predictions and the
+    attention mask's α and β per modality."""
+    name = run.args["model_name"]
+    if name not in DISENTANGLING:
         raise UserError(
-            f"the analysis needs an iidaf checkpoint (γ, shared and specific features); "
-            f"{run.checkpoint} is a '{run.args['model_name']}' model: evaluate it with the "
-            f"comparison or robustness tools instead"
+            f"the analysis needs a checkpoint of a model with shared and specific features "
+            f"({', '.join(DISENTANGLING)}); {run.checkpoint} is a '{name}' model: evaluate it "
+            f"with the comparison or robustness tools instead"
         )
-    iidaf = run.model.Model
-    if not iidaf.settings.use_sgaff:
+    model = run.model.Model
+    if name == "iidaf" and not model.settings.use_sgaff:
         raise UserError(
             f"{run.checkpoint} was trained without SGAFF (use_sgaff false): it has no gate γ and "
             f"no shared-only / specific-only predictions to analyse"
         )
     predicted = run.trainer.predict(run.model, in_order(run.loaders["test"]))
-    predicted["modalities"] = iidaf.modalities
+    predicted["modalities"] = model.modalities
     return predicted
+
+
+def has_gate(predicted: dict) -> bool:
+    """IIDAF's SGAFF outputs (γ and the branch predictions): what Fig. 5 and Table 8 need."""
+    return all(key in predicted for key in ("gamma", "M_shared", "M_specific"))
 
 
 def sentiment_classes(labels: np.ndarray, train_mode: str) -> np.ndarray:
@@ -213,18 +227,29 @@ def label_r2(features: np.ndarray, labels: np.ndarray, folds: int = 5) -> float:
     return float(r2_score(labels, cross_val_predict(model, features, labels, cv=splits)))
 
 
-def disentanglement_table(predicted: dict, diagnostics: dict) -> pd.DataFrame:
-    """Rows (measure, modality, value, reference, description). `diagnostics`: the trainer's
-    `diagnose` report on the same split (HSIC and scale-free CMD come from it)."""
+def batch_hsic(shared: np.ndarray, specific: np.ndarray, batch: int) -> float:
+    """HSIC(u, r) as the losses see it: the mean over consecutive batches of `batch` samples
+    (the test loader's batches, in file order)."""
+    values = [hsic(torch.from_numpy(shared[start:start + batch]),
+                   torch.from_numpy(specific[start:start + batch])).item()
+              for start in range(0, len(shared), batch)]
+    return float(np.mean(values))
+
+
+def disentanglement_table(predicted: dict, batch: int) -> pd.DataFrame:
+    """Rows (measure, modality, value, reference, description), every measure computed here from
+    the collected features, the same way for every model."""
     modalities = predicted["modalities"]
-    batch = diagnostics["batch_size"]
     rows = []
     for m in modalities:
-        rows.append(("hsic_specific_shared", m, diagnostics["hsic_shared_specific"][m], 0.0,
+        value = batch_hsic(predicted[f"shared_{m}"], predicted[f"specific_{m}"], batch)
+        rows.append(("hsic_specific_shared", m, value, 0.0,
                      f"HSIC(u_{m}, r_{m}), Gaussian kernels, mean over batches of {batch}; "
                      f"0 = independent"))
-    for pair, value in diagnostics["cmd_shared_standardised"].items():
-        rows.append(("cmd_shared", pair, value, 0.0,
+    for a, b in combinations(modalities, 2):
+        value = scale_free_cmd(torch.from_numpy(predicted[f"shared_{a}"]),
+                               torch.from_numpy(predicted[f"shared_{b}"])).item()
+        rows.append(("cmd_shared", f"{a}-{b}", value, 0.0,
                      "scale-free CMD (K=5, each side divided by its RMS) between the two "
                      "modalities' shared features; 0 = same distribution"))
     if len(modalities) > 1:
