@@ -162,3 +162,23 @@ def test_run_py_learns_the_planted_signal_on_the_cpu(signal_file, tmp_path):
     assert row["Corr"] > 0.5
     log = (tmp_path / "logs" / "aofl-mosi.log").read_text()
     assert "L_CEN" in log and "L_CSR" in log
+
+
+def test_a_term_that_never_acts_is_reported(signal_file, tmp_path):
+    """An angle floor of 1° holds on every batch: L_AAC is in the graph but always 0, and the
+    log says it does no work; a switched-off term (λ_CSR = 0) is not reported."""
+    settings = {**SMALL, "max_epochs": 1, "early_stop": 1, "aac_min_angle": 1.0,
+                "lambda_csr": 0.0}
+    flags = [f"--set={key}={value}" for key, value in settings.items()]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "-m", "aofl", "-d", "mosi", "-f",
+         str(signal_file), "-s", "1", *flags,
+         "--res-save-dir", str(tmp_path / "results"), "--model-save-dir", str(tmp_path / "m"),
+         "--log-dir", str(tmp_path / "logs")],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (tmp_path / "logs" / "aofl-mosi.log").read_text()
+    inert = [line for line in log.splitlines() if "no work" in line]
+    assert len(inert) == 1 and "L_AAC 0 on every batch" in inert[0], inert
+    assert "L_CSR" not in inert[0] and "L_CEN" not in inert[0]

@@ -70,6 +70,7 @@ class JointTrainer:
         args, network = self.args, model.Model
         model.train()
         sums, predictions, targets = defaultdict(float), [], []
+        in_graph, moved = set(), set()  # terms that could act, and those that ever did
         for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False,
                                           disable=None)):
             inputs, lengths = model_inputs(args, batch)
@@ -105,6 +106,10 @@ class JointTrainer:
 
             for key, value in losses.items():
                 sums[key] += value.item()
+                if value.requires_grad:
+                    in_graph.add(key)
+                if value.item() != 0:
+                    moved.add(key)
             predictions.append(outputs["M"].detach().float().cpu())
             targets.append(labels.cpu())
         means = {key: total / len(loader) for key, total in sums.items()}
@@ -115,6 +120,13 @@ class JointTrainer:
         terms = " ".join(f"{key}: {means[key]:.4f}" for key in ("total", *named, "L_critic", *parts)
                          if key in means)
         logger.info(f"TRAIN-({args.model_name}) epoch {epoch} seed {args.seed} >> {terms}")
+        inert = [key for key in self.objective.terms if key in in_graph and key not in moved]
+        if inert:
+            # A switched-on term that is 0 on every batch has no gradient: the part it stands
+            # for does nothing (its constraint holds without it). Said, not hidden in a column.
+            logger.warning(f"TRAIN-({args.model_name}) epoch {epoch} seed {args.seed}: "
+                           f"{', '.join(inert)} 0 on every batch: "
+                           f"{'it does' if len(inert) == 1 else 'they do'} no work")
         return results
 
     def do_train(self, model, dataloader, return_epoch_results: bool = False):
