@@ -322,7 +322,8 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
     """Train every (model, seed) on one feature file and return the comparison table.
 
     `models`: MMSA model names, the first the reference; `ablation`: "modules", "losses" or
-    "modalities" adds iidaf's variants (`iidaf[-mic]`, ...), the full iidaf first; `config`:
+    "modalities" adds the variants of the first of `models` that has them (`iidaf[-mic]`,
+    `fdrl[coarse]`, ...), the full model first; `config`:
     overrides for every model, `model_configs`: {model: overrides} on top. Other arguments are
     MMSA_run's. `robustness`: kinds of corruption ("missing", "noise") to score every finished
     checkpoint under after training. `executor`: where the runs train (`executors.LocalExecutor()`,
