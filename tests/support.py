@@ -8,6 +8,31 @@ from pathlib import Path
 SMALL_IIDAF = {"d_model": 32, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2],
                "shared_heads": 2, "mic_proj_dim": 16, "disc_hidden": 16, "batch_size": 16,
                "learning_rate": 1e-3}
+# IIDAF's peers (aofl, mgrl, fdrl) take the same front-end keys, without IIDAF's MIC widths.
+SMALL_PEER = {key: value for key, value in SMALL_IIDAF.items()
+              if key not in ("mic_proj_dim", "disc_hidden")}
+
+
+def peer_args(name: str, **overrides):
+    """A peer's config for mosi at SMALL_PEER widths, regression, CPU; `overrides` last."""
+    from easydict import EasyDict
+
+    from mmsa_iidaf import registry
+
+    args = EasyDict(registry.config_for(name, "mosi"))
+    args.update({**SMALL_PEER, "feature_dims": [48, 5, 20], "train_mode": "regression",
+                 "device": "cpu", **overrides})
+    return args
+
+
+def peer_inputs(batch: int, seed: int = 0):
+    """(text, audio, vision) of `batch` random samples with peer_args' feature widths."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 6, 48, generator=generator),
+            torch.randn(batch, 7, 5, generator=generator),
+            torch.randn(batch, 5, 20, generator=generator))
 
 
 def run_folders(root: Path) -> dict:

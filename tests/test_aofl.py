@@ -13,32 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from easydict import EasyDict
 
-from mmsa_iidaf import registry
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.losses.angular import (angle_floor, cosine_ranking, label_aware_infonce,
                                        remove_projection)
 from mmsa_iidaf.models.aofl import AOFL, AOFLObjective
-from support import SMALL_IIDAF
+from support import SMALL_PEER, peer_args, peer_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {key: value for key, value in SMALL_IIDAF.items()
-         if key not in ("mic_proj_dim", "disc_hidden")}
+SMALL = SMALL_PEER
 
 
-def aofl_args(**overrides) -> EasyDict:
-    args = EasyDict(registry.config_for("aofl", "mosi"))
-    args.update(SMALL, feature_dims=[48, 5, 20], train_mode="regression", device="cpu",
-                **overrides)
-    return args
-
-
-def inputs(batch: int, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 6, 48, generator=generator),
-            torch.randn(batch, 7, 5, generator=generator),
-            torch.randn(batch, 5, 20, generator=generator))
+def aofl_args(**overrides):
+    return peer_args("aofl", **overrides)
 
 
 # --- the loss pieces -------------------------------------------------------------------------
@@ -92,21 +79,22 @@ def test_switches_and_modalities_build_what_they_name():
     full = AOFL(aofl_args())
     without_opr = AOFL(aofl_args(use_opr=False))
     assert hasattr(full, "context") and not hasattr(without_opr, "context")
-    outputs = without_opr(*inputs(4))
+    outputs = without_opr(*peer_inputs(4))
     assert all(torch.equal(outputs["refined_specific"][m], outputs["specific"][m]) for m in "tav")
-    refined = full(*inputs(4))
+    refined = full(*peer_inputs(4))
     for m in "tav":  # OPR: what the head reads of h_m has no component along g_m
         dot = (refined["refined_specific"][m] * refined["shared"][m]).sum(-1)
         assert dot.abs().max() < 1e-4
     two = AOFL(aofl_args(modalities="ta"))
     assert set(two.specific_projectors) == {"t", "a"}
-    assert two(*inputs(4)[:2], None)["M"].shape == (4, 1)
+    assert two(*peer_inputs(4)[:2], None)["M"].shape == (4, 1)
     # A loss whose λ is 0 is a plain 0 with no graph; one modality has no cross-modal terms.
     labels = torch.tensor([1.0, -1.0, 0.0, 2.0])
     off = AOFLObjective(aofl_args(lambda_cen=0.0))(full, refined, labels)
     assert off["L_CEN"].item() == 0.0 and not off["L_CEN"].requires_grad
     alone = AOFL(aofl_args(modalities="t"))
-    terms = AOFLObjective(aofl_args(modalities="t"))(alone, alone(inputs(4)[0], None, None), labels)
+    terms = AOFLObjective(aofl_args(modalities="t"))(alone, alone(peer_inputs(4)[0], None, None),
+                                                     labels)
     assert terms["L_CEN"].item() == terms["L_CSR"].item() == 0.0
 
 
@@ -114,7 +102,7 @@ def test_every_loss_reaches_the_model_it_constrains():
     # An angle floor and a ranking margin the initial features violate.
     strict = aofl_args(aac_min_angle=170.0, csr_margin=1.5)
     model = AOFL(strict)
-    outputs = model(*inputs(8))
+    outputs = model(*peer_inputs(8))
     losses = AOFLObjective(strict)(
         model, outputs, torch.tensor([1.0, -1.0, 0.5, -2.0, 0.0, 1.5, -0.5, 2.5]))
     for term in ("L_CEN", "L_AAC", "L_CSR"):
@@ -127,7 +115,7 @@ def test_every_loss_reaches_the_model_it_constrains():
 
 def test_eval_predictions_do_not_depend_on_the_rest_of_the_batch():
     model = AOFL(aofl_args()).eval()
-    text, audio, vision = inputs(6)
+    text, audio, vision = peer_inputs(6)
     with torch.no_grad():
         together = model(text, audio, vision)["M"]
         alone = torch.cat([model(text[i:i + 1], audio[i:i + 1], vision[i:i + 1])["M"]

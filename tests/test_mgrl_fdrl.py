@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from easydict import EasyDict
 
-from mmsa_iidaf import registry
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.losses.alignment import (class_conditional_cmd, instance_alignment,
@@ -23,27 +21,13 @@ from mmsa_iidaf.losses.alignment import (class_conditional_cmd, instance_alignme
 from mmsa_iidaf.losses.modality import confusion, identification, placement_margin
 from mmsa_iidaf.models.fdrl import FDRL, FDRLObjective
 from mmsa_iidaf.models.mgrl import MGRL, MGRLObjective
-from support import SMALL_IIDAF
+from support import SMALL_PEER, peer_args, peer_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {key: value for key, value in SMALL_IIDAF.items()
-         if key not in ("mic_proj_dim", "disc_hidden")}
+SMALL = SMALL_PEER
 MODELS = {"mgrl": (MGRL, MGRLObjective), "fdrl": (FDRL, FDRLObjective)}
 LABELS = torch.tensor([1.0, -1.0, 0.5, -2.0, 0.0, 1.5, -0.5, 2.5])
-
-
-def peer_args(name: str, **overrides) -> EasyDict:
-    args = EasyDict(registry.config_for(name, "mosi"))
-    args.update({**SMALL, "feature_dims": [48, 5, 20], "train_mode": "regression",
-                 "device": "cpu", **overrides})
-    return args
-
-
-def inputs(batch: int, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 6, 48, generator=generator),
-            torch.randn(batch, 7, 5, generator=generator),
-            torch.randn(batch, 5, 20, generator=generator))
+inputs = peer_inputs
 
 
 # --- the loss pieces -------------------------------------------------------------------------

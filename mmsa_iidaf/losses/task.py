@@ -2,6 +2,7 @@
 on classes (IIDAF's L_T, §2.5; its peers use the same, so a comparison isolates the method)."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -18,3 +19,18 @@ def task_loss(prediction: Tensor, labels: Tensor, train_mode: str) -> Tensor:
     if train_mode == "regression":
         return F.mse_loss(prediction, targets)
     return F.cross_entropy(prediction, targets)
+
+
+def per_sample_task_loss(prediction: Tensor, labels: Tensor, train_mode: str) -> Tensor:
+    """The task loss of each sample, (B,)."""
+    if train_mode == "regression":
+        return (prediction.reshape(-1) - labels.reshape(-1).float()).pow(2)
+    return F.cross_entropy(prediction, labels.reshape(-1).long(), reduction="none")
+
+
+def sentiment_classes(labels: Tensor, train_mode: str) -> Tensor:
+    """Classes of a batch: the sign of a regression score (negative / neutral / positive), else
+    the class."""
+    if train_mode == "regression":
+        return torch.sign(labels.reshape(-1)).long()
+    return labels.reshape(-1).long()

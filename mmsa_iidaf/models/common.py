@@ -4,8 +4,12 @@ front-end keys plus its own, with their checks), the input check, and the parame
 joint trainer optimises."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from easydict import EasyDict
-from torch import nn
+from torch import Tensor, nn
+
+from mmsa_iidaf.losses.task import task_loss, task_targets
 
 from mmsa_iidaf.errors import ConfigError
 
@@ -46,10 +50,46 @@ def check_inputs(model_name: str, modalities: str, inputs: dict) -> None:
                           f"'modalities' = '{modalities}' includes it")
 
 
+class PeerObjective:
+    """L = L_T + Σ λ_k L_k, IIDAF's task loss L_T so that a comparison isolates the method. A
+    subclass sets `terms` and, in `__init__`, `self.settings` and `self.weights` {term: λ}; its
+    `__call__` hands `combine` a thunk per term (None where the term cannot exist)."""
+
+    terms: tuple[str, ...] = ()
+
+    def __init__(self, settings: EasyDict, weights: dict[str, float]):
+        self.settings = settings
+        self.train_mode = settings.train_mode
+        self.weights = weights
+
+    def task_targets(self, labels: Tensor) -> Tensor:
+        return task_targets(labels, self.train_mode)
+
+    def task_loss(self, prediction: Tensor, labels: Tensor) -> Tensor:
+        return task_loss(prediction, labels, self.train_mode)
+
+    def combine(self, prediction: Tensor, labels: Tensor,
+                compute: dict[str, Callable[[], Tensor] | None]) -> dict:
+        """A term whose λ is 0, or that cannot exist, is a plain 0 with no graph."""
+        losses = {"L_T": self.task_loss(prediction, labels)}
+        zero = losses["L_T"].new_zeros(())
+        for term, weight in self.weights.items():
+            losses[term] = compute[term]() if weight > 0 and compute[term] is not None else zero
+        losses["total"] = losses["L_T"] + sum(self.weights[t] * losses[t] for t in self.weights)
+        return losses
+
+
 class JointModel(nn.Module):
     """The parameter groups of `trainers/joint.py`: a fine-tuned text encoder (`self.encoder`'s)
     at its own rate, an optional critic (a submodule `self.critic`: its own optimizer and loss),
     everything else together."""
+
+    def encode(self, model_name: str, text, audio, vision, audio_lengths, vision_lengths) -> dict:
+        """{m: X_m} of the configured modalities from IIDAF's encoder front end."""
+        inputs = {"t": text, "a": audio, "v": vision}
+        check_inputs(model_name, self.modalities, inputs)
+        return self.encoder({m: inputs[m] for m in self.modalities},
+                            {"a": audio_lengths, "v": vision_lengths})
 
     @property
     def text_encoder(self) -> nn.Module | None:

@@ -105,10 +105,11 @@ class JointTrainer:
             optimizer.step()
 
             for key, value in losses.items():
-                sums[key] += value.item()
+                number = value.item()
+                sums[key] += number
                 if value.requires_grad:
                     in_graph.add(key)
-                if value.item() != 0:
+                if number != 0:
                     moved.add(key)
             predictions.append(outputs["M"].detach().float().cpu())
             targets.append(labels.cpu())

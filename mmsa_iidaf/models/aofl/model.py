@@ -16,7 +16,7 @@ from torch import nn
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.losses.angular import remove_projection
 
-from ..common import JointModel, check_inputs, peer_settings, projector
+from ..common import JointModel, peer_settings, projector
 from ..iidaf.encoders import MultimodalEncoder
 
 # AO-FL's own keys and defaults (docs/models/aofl.md says which the paper gives).
@@ -66,10 +66,7 @@ class AOFL(JointModel):
         """'M' (B, output_dim); 'shared' {m: g_m}, 'specific' {m: h_m} (what the angle losses
         act on); 'refined_shared', 'refined_specific' (after OPR, what the head reads);
         'encoded' {m: X_m}."""
-        inputs = {"t": text, "a": audio, "v": vision}
-        check_inputs("AO-FL", self.modalities, inputs)
-        encoded = self.encoder({m: inputs[m] for m in self.modalities},
-                               {"a": audio_lengths, "v": vision_lengths})
+        encoded = self.encode("AO-FL", text, audio, vision, audio_lengths, vision_lengths)
         shared = {m: self.shared_projector(encoded[m]) for m in self.modalities}
         specific = {m: self.specific_projectors[m](encoded[m]) for m in self.modalities}
         refined_shared, refined_specific = shared, specific

@@ -17,35 +17,22 @@ import torch
 from torch import Tensor
 
 from mmsa_iidaf.losses.angular import angle_floor, cosine_ranking, label_aware_infonce
-from mmsa_iidaf.losses.task import task_loss, task_targets
+from mmsa_iidaf.losses.task import sentiment_classes
 
+from ..common import PeerObjective
 from .model import aofl_settings
 
 TERMS = ("L_T", "L_CEN", "L_AAC", "L_CSR")
 
 
-def sentiment_classes(labels: Tensor, train_mode: str) -> Tensor:
-    """The classes whose mismatch makes a negative: the sign of a regression score, else the
-    class."""
-    if train_mode == "regression":
-        return torch.sign(labels.reshape(-1)).long()
-    return labels.reshape(-1).long()
-
-
-class AOFLObjective:
+class AOFLObjective(PeerObjective):
     terms = TERMS
 
     def __init__(self, args):
-        self.settings = settings = aofl_settings(args)
-        self.train_mode = settings.train_mode
-        self.weights = {"L_CEN": float(settings.lambda_cen), "L_AAC": float(settings.lambda_aac),
-                        "L_CSR": float(settings.lambda_csr)}
-
-    def task_targets(self, labels: Tensor) -> Tensor:
-        return task_targets(labels, self.train_mode)
-
-    def task_loss(self, prediction: Tensor, labels: Tensor) -> Tensor:
-        return task_loss(prediction, labels, self.train_mode)
+        settings = aofl_settings(args)
+        super().__init__(settings, {"L_CEN": float(settings.lambda_cen),
+                                    "L_AAC": float(settings.lambda_aac),
+                                    "L_CSR": float(settings.lambda_csr)})
 
     def consistency(self, shared: dict, classes: Tensor) -> Tensor:
         pairs = list(permutations(shared, 2))
@@ -68,17 +55,10 @@ class AOFLObjective:
 
     def __call__(self, model, outputs: dict, labels: Tensor) -> dict:
         shared, specific = outputs["shared"], outputs["specific"]
-        losses = {"L_T": self.task_loss(outputs["M"], labels)}
-        zero = losses["L_T"].new_zeros(())
         cross_modal = len(shared) > 1
-        compute = {
-            "L_CEN": lambda: self.consistency(shared, sentiment_classes(labels, self.train_mode)),
+        return self.combine(outputs["M"], labels, {
+            "L_CEN": (lambda: self.consistency(shared, sentiment_classes(labels, self.train_mode)))
+            if cross_modal else None,
             "L_AAC": lambda: self.angle_floor(shared, specific),
-            "L_CSR": lambda: self.ranking(shared, specific),
-        }
-        for term, weight in self.weights.items():
-            needs_pairs = term != "L_AAC"
-            losses[term] = (compute[term]() if weight > 0 and (cross_modal or not needs_pairs)
-                            else zero)
-        losses["total"] = losses["L_T"] + sum(self.weights[t] * losses[t] for t in self.weights)
-        return losses
+            "L_CSR": (lambda: self.ranking(shared, specific)) if cross_modal else None,
+        })

@@ -13,7 +13,7 @@ import torch
 from easydict import EasyDict
 from torch import nn
 
-from ..common import JointModel, check_inputs, peer_settings, projector
+from ..common import JointModel, peer_settings, projector
 from ..iidaf.encoders import MultimodalEncoder
 
 # FDRL's own keys and defaults (docs/models/fdrl.md says which the paper gives: none).
@@ -50,10 +50,7 @@ class FDRL(JointModel):
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None) -> dict:
         """'M' (B, output_dim); 'shared' {m: g_m}, 'specific' {m: p_m}; 'reconstructed' {m:
         X̂_m}; 'encoded' {m: X_m}."""
-        inputs = {"t": text, "a": audio, "v": vision}
-        check_inputs("FDRL", self.modalities, inputs)
-        encoded = self.encoder({m: inputs[m] for m in self.modalities},
-                               {"a": audio_lengths, "v": vision_lengths})
+        encoded = self.encode("FDRL", text, audio, vision, audio_lengths, vision_lengths)
         shared = {m: self.shared_encoder(encoded[m]) for m in self.modalities}
         specific = {m: self.private_encoders[m](encoded[m]) for m in self.modalities}
         joined = {m: torch.cat([shared[m], specific[m]], dim=-1) for m in self.modalities}

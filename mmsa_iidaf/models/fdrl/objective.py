@@ -23,30 +23,24 @@ from torch import Tensor
 from mmsa_iidaf.losses.alignment import (class_conditional_cmd, instance_alignment,
                                          instance_disparity, soft_orthogonality)
 from mmsa_iidaf.losses.cmd import scale_free_cmd
-from mmsa_iidaf.losses.task import task_loss, task_targets
+from mmsa_iidaf.losses.task import sentiment_classes
 
-from ..aofl.objective import sentiment_classes
+from ..common import PeerObjective
 from .model import fdrl_settings
 
 TERMS = ("L_T", "L_FA", "L_FD", "L_REC")
 
 
-class FDRLObjective:
+class FDRLObjective(PeerObjective):
     terms = TERMS
 
     def __init__(self, args):
-        self.settings = settings = fdrl_settings(args)
-        self.train_mode = settings.train_mode
+        settings = fdrl_settings(args)
+        super().__init__(settings, {"L_FA": float(settings.lambda_fa),
+                                    "L_FD": float(settings.lambda_fd),
+                                    "L_REC": float(settings.lambda_rec)})
         self.fine = settings.granularity == "fine"
         self.moments = int(settings.cmd_moments)
-        self.weights = {"L_FA": float(settings.lambda_fa), "L_FD": float(settings.lambda_fd),
-                        "L_REC": float(settings.lambda_rec)}
-
-    def task_targets(self, labels: Tensor) -> Tensor:
-        return task_targets(labels, self.train_mode)
-
-    def task_loss(self, prediction: Tensor, labels: Tensor) -> Tensor:
-        return task_loss(prediction, labels, self.train_mode)
 
     def alignment(self, shared: dict, classes: Tensor) -> Tensor:
         if self.fine:
@@ -70,15 +64,9 @@ class FDRLObjective:
 
     def __call__(self, model, outputs: dict, labels: Tensor) -> dict:
         shared, specific = outputs["shared"], outputs["specific"]
-        losses = {"L_T": self.task_loss(outputs["M"], labels)}
-        zero = losses["L_T"].new_zeros(())
-        compute = {
+        return self.combine(outputs["M"], labels, {
             "L_FA": (lambda: self.alignment(shared, sentiment_classes(labels, self.train_mode)))
             if len(shared) > 1 else None,
             "L_FD": lambda: self.disparity(shared, specific),
             "L_REC": lambda: self.reconstruction(outputs),
-        }
-        for term, weight in self.weights.items():
-            losses[term] = compute[term]() if weight > 0 and compute[term] is not None else zero
-        losses["total"] = losses["L_T"] + sum(self.weights[t] * losses[t] for t in self.weights)
-        return losses
+        })

@@ -15,7 +15,7 @@ from torch import nn
 
 from mmsa_iidaf.errors import ConfigError
 
-from ..common import JointModel, check_inputs, peer_settings, projector
+from ..common import JointModel, peer_settings, projector
 from ..iidaf.encoders import MultimodalEncoder
 
 # MGRL's own keys and defaults (docs/models/mgrl.md says which the paper gives: none).
@@ -68,10 +68,7 @@ class MGRL(JointModel):
         """'M' (B, output_dim); 'shared' {m: g_m}, 'specific' {m: p_m}; 'contribution' (B, M)
         weights summing to 1 over the modalities; 'unimodal' {m: ŷ_m} (adaptive only);
         'encoded' {m: X_m}."""
-        inputs = {"t": text, "a": audio, "v": vision}
-        check_inputs("MGRL", self.modalities, inputs)
-        encoded = self.encoder({m: inputs[m] for m in self.modalities},
-                               {"a": audio_lengths, "v": vision_lengths})
+        encoded = self.encode("MGRL", text, audio, vision, audio_lengths, vision_lengths)
         shared = {m: self.shared_encoder(encoded[m]) for m in self.modalities}
         specific = {m: self.private_encoders[m](encoded[m]) for m in self.modalities}
         joined = {m: torch.cat([shared[m], specific[m]], dim=-1) for m in self.modalities}

@@ -20,33 +20,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmsa_iidaf.losses.modality import confusion, identification, placement_margin
-from mmsa_iidaf.losses.task import task_loss, task_targets
+from mmsa_iidaf.losses.task import per_sample_task_loss
 
+from ..common import PeerObjective
 from .model import mgrl_settings
 
 TERMS = ("L_T", "L_MC", "L_MAR", "L_CON")
 
 
-def per_sample_task_loss(prediction: Tensor, labels: Tensor, train_mode: str) -> Tensor:
-    if train_mode == "regression":
-        return (prediction.reshape(-1) - labels.reshape(-1).float()).pow(2)
-    return F.cross_entropy(prediction, labels.reshape(-1).long(), reduction="none")
-
-
-class MGRLObjective:
+class MGRLObjective(PeerObjective):
     terms = TERMS
 
     def __init__(self, args):
-        self.settings = settings = mgrl_settings(args)
-        self.train_mode = settings.train_mode
-        self.weights = {"L_MC": float(settings.lambda_mc), "L_MAR": float(settings.lambda_mar),
-                        "L_CON": float(settings.lambda_con)}
-
-    def task_targets(self, labels: Tensor) -> Tensor:
-        return task_targets(labels, self.train_mode)
-
-    def task_loss(self, prediction: Tensor, labels: Tensor) -> Tensor:
-        return task_loss(prediction, labels, self.train_mode)
+        settings = mgrl_settings(args)
+        super().__init__(settings, {"L_MC": float(settings.lambda_mc),
+                                    "L_MAR": float(settings.lambda_mar),
+                                    "L_CON": float(settings.lambda_con)})
 
     def discriminator_loss(self, model, outputs: dict, labels: Tensor) -> Tensor:
         return torch.stack([
@@ -81,15 +70,10 @@ class MGRLObjective:
         return losses.mean() + scorer
 
     def __call__(self, model, outputs: dict, labels: Tensor) -> dict:
-        losses = {"L_T": self.task_loss(outputs["M"], labels)}
-        zero = losses["L_T"].new_zeros(())
-        compute = {
-            "L_MC": (lambda: self.modality_guidance(model, outputs)) if model.critic is not None else None,
-            "L_MAR": (lambda: self.margins(model, outputs)) if model.critic is not None else None,
+        guided = model.critic is not None
+        return self.combine(outputs["M"], labels, {
+            "L_MC": (lambda: self.modality_guidance(model, outputs)) if guided else None,
+            "L_MAR": (lambda: self.margins(model, outputs)) if guided else None,
             "L_CON": (lambda: self.contribution(model, outputs, labels)) if model.adaptive
             else None,
-        }
-        for term, weight in self.weights.items():
-            losses[term] = compute[term]() if weight > 0 and compute[term] is not None else zero
-        losses["total"] = losses["L_T"] + sum(self.weights[t] * losses[t] for t in self.weights)
-        return losses
+        })
