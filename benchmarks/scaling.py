@@ -3,6 +3,7 @@
     python benchmarks/scaling.py                      # -> benchmarks/scaling.md, scaling.png
     python benchmarks/scaling.py --models "iidaf[preset=lite]" --train-size 4096
     python benchmarks/scaling.py --quick --out DIR    # a check that it runs: tiny sizes
+    python benchmarks/scaling.py --device cuda --out DIR             # the same on a GPU
 
 Data: synthetic MOSEI-shaped clips in MMSA's unaligned layout (audio 74 and vision 35 wide, text
 through the frozen offline stand-in encoder from `text_bert`, 50 tokens), read by MMSA's loader.
@@ -14,7 +15,8 @@ Each point runs in a fresh process: it loads the data, builds the model, and tra
 epoch with the model's own trainer (every loss and the critic step, data loading included),
 timed up to its first validation; the peak resident set (VmHWM) is counted from after the
 imports, so it holds the data and the model. The growth exponent is the least-squares slope of
-log time against log N (or L).
+log time against log N (or L). With `--device cuda` each point trains on the GPU (timed with
+`torch.cuda.synchronize`) and its peak `torch.cuda.max_memory_allocated` is added.
 """
 from __future__ import annotations
 
@@ -50,29 +52,34 @@ def data_file(directory: Path, n_train: int, length: int, batch_size: int) -> Pa
 
 def _epoch_child(request: dict, answer) -> None:
     torch.set_num_threads(request["threads"])
+    device = torch.device(request["device"])
     speed._reset_peak_rss()
     args, _ = speed.run_args(tuple(request["model"]), Path(request["feature_file"]), "encoder",
-                             torch.device("cpu"), Path(request["work_dir"]), request["overrides"],
+                             device, Path(request["work_dir"]), request["overrides"],
                              dataset=DATASET)
     torch.manual_seed(1)
     start = time.perf_counter()
     loaders = registry.build_dataloaders(args, 0, splits=("train", "valid"))
     loaded = time.perf_counter()
-    model = registry.build_model(args)
+    model = registry.build_model(args).to(device)
     trainer = registry.build_trainer(args)
-    stop = speed._StopAtValidation(torch.device("cpu"))
+    stop = speed._StopAtValidation(device)
     began = time.perf_counter()
     try:
         trainer.do_train(model, {"train": loaders["train"], "valid": stop, "test": stop})
     except speed._TrainingPassDone:
         pass
-    answer.put({"epoch_s": stop.reached - began, "load_s": loaded - start,
-                "peak_rss_mb": speed._status_mb("VmHWM")})
+    point = {"epoch_s": stop.reached - began, "load_s": loaded - start,
+             "peak_rss_mb": speed._status_mb("VmHWM")}
+    if device.type == "cuda":
+        point["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    answer.put(point)
 
 
 def measure_point(spec, feature_file: Path, options, work_dir: Path) -> dict:
     request = {"model": spec, "feature_file": str(feature_file), "work_dir": str(work_dir),
-               "threads": options.threads, "overrides": options.overrides}
+               "threads": options.threads, "overrides": options.overrides,
+               "device": options.device}
     return speed.in_fresh_process(_epoch_child, request, f"{spec[0]} on {feature_file.name}")
 
 
@@ -83,8 +90,9 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 
 def measure(options) -> dict:
     models = speed.parse_models(options.models)
-    results = {"device": "cpu", "threads": options.threads, "torch": torch.__version__,
-               "models": {}}
+    device = torch.device(options.device)
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "threads": options.threads, "torch": torch.__version__, "models": {}}
     with tempfile.TemporaryDirectory(prefix="mmsa_iidaf_scaling_") as temp:
         work_dir = Path(temp)
         for spec in models:
@@ -122,6 +130,8 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    memory_key, memory_unit = (("peak_gpu_mb", "peak GPU memory (MB)")
+                               if _on_gpu(results) else ("peak_rss_mb", "peak RSS (MB)"))
     figure, axes = plt.subplots(2, 2, figsize=(10, 7))
     for name, model in results["models"].items():
         for column, (sweep, key, label) in enumerate((
@@ -130,34 +140,42 @@ def plot(results: dict, path: Path) -> None:
             points = [p for p in model["points"] if p["sweep"] == sweep]
             xs = [p[key] for p in points]
             axes[0][column].plot(xs, [p["epoch_s"] for p in points], "o-", label=name)
-            axes[1][column].plot(xs, [p["peak_rss_mb"] for p in points], "o-", label=name)
+            axes[1][column].plot(xs, [p[memory_key] for p in points], "o-", label=name)
             axes[1][column].set_xlabel(label)
     axes[0][0].set_title("against the data size")
     axes[0][1].set_title("against the sequence length")
-    for row, unit in ((0, "epoch time (s)"), (1, "peak RSS (MB)")):
+    for row, unit in ((0, "epoch time (s)"), (1, memory_unit)):
         for column in (0, 1):
             axes[row][column].set_ylabel(unit)
             axes[row][column].grid(alpha=0.3)
             axes[row][column].legend()
-    figure.suptitle(f"Training cost, MOSEI-shaped synthetic data, CPU, "
-                    f"{results['threads']} threads (benchmarks/scaling.py)")
+    where = results["device"] if _on_gpu(results) else f"CPU, {results['threads']} threads"
+    figure.suptitle(f"Training cost, MOSEI-shaped synthetic data, {where} "
+                    f"(benchmarks/scaling.py)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
+def _on_gpu(results: dict) -> bool:
+    return any("peak_gpu_mb" in p for m in results["models"].values() for p in m["points"])
+
+
 def markdown(results: dict, command: str) -> str:
+    on_gpu = _on_gpu(results)
     lines = [f"# Training cost against data size and sequence length", "",
              f"`{command}`", "",
              f"Device: {results['device']}, {results['threads']} threads, torch "
              f"{results['torch']}. One real epoch per point, in a fresh process "
              f"(benchmarks/scaling.py's docstring has the protocol).", "",
              "| model | sweep | N train | L (audio, vision) | epoch (s) | data loading (s) | "
-             "peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
+             "peak RSS (MB) |" + (" peak GPU memory (MB) |" if on_gpu else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if on_gpu else "")]
     for name, model in results["models"].items():
         for p in model["points"]:
             lines.append(f"| `{name}` | {p['sweep']} | {p['n_train']} | {p['length']} | "
-                         f"{p['epoch_s']:.1f} | {p['load_s']:.1f} | {p['peak_rss_mb']:.0f} |")
+                         f"{p['epoch_s']:.1f} | {p['load_s']:.1f} | {p['peak_rss_mb']:.0f} |"
+                         + (f" {p['peak_gpu_mb']:.0f} |" if on_gpu else ""))
     lines.append("")
     for name, model in results["models"].items():
         lines.append(f"- `{name}`: epoch time grows as N^{model['time_exponent_n']:.2f} in the "
@@ -177,6 +195,8 @@ def parse(argv):
     parser.add_argument("--lengths", default="50,125,250,500")
     parser.add_argument("--length-samples", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda[:N]: where each point trains")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="[MODEL.]KEY=VALUE")
     parser.add_argument("--quick", action="store_true",
@@ -200,6 +220,9 @@ def main(argv=None) -> int:
         options.overrides = [speed.parse_setting(item) for item in options.overrides]
         for _, name, _ in speed.parse_models(options.models):
             registry.check_names(name, DATASET)
+        if options.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {options.device}: no GPU is visible to torch here; "
+                            f"use --device cpu")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

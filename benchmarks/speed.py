@@ -16,8 +16,9 @@ models that allow it read the precomputed `text`, and those that cannot run with
 
 Models are measured interleaved, one round of every model after another, so that a noisy machine
 slows all of them alike:
-- latency: one forward pass in eval mode under `torch.inference_mode`, at batch 1 and batch 32,
-  median and 90th percentile over the rounds;
+- latency: one forward pass in eval mode under `torch.inference_mode` (and the model's own bf16
+  autocast with `mixed_precision: bf16`), at batch 1 and batch 32, median and 90th percentile
+  over the rounds;
 - training throughput: samples per second over whole optimiser steps of the model's own MMSA
   trainer (`do_train`: every loss, IIDAF's critic step, gradient accumulation, clipping), timed
   from the first step after a warm-up to the end of the training pass, at the configured batch
@@ -30,6 +31,7 @@ slows all of them alike:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -200,7 +202,9 @@ def forward_ms(subject: Subject, batch_size: int) -> float:
     positional, keyword = subject.latency_inputs[batch_size]
     subject.model.eval()
     device = subject.args["device"]
-    with torch.inference_mode():
+    # The model's own evaluation precision (bf16 autocast with `mixed_precision: bf16`).
+    precision = getattr(subject.trainer, "precision", contextlib.nullcontext)
+    with torch.inference_mode(), precision():
         start = _now(device)
         subject.model(*positional, **keyword)
         return (_now(device) - start) * 1000

@@ -181,7 +181,10 @@ def model_inputs(args, batch: dict) -> tuple[tuple, dict]:
     if args["model_name"] in MODELS:
         return (text, audio, vision), lengths
     if args["model_name"] in _LENGTH_TUPLE_MODELS:
-        return (text, (audio, lengths["audio_lengths"]), (vision, lengths["vision_lengths"])), {}
+        # As MMSA's trainers hand them: on the CPU, where pack_padded_sequence needs them (a
+        # device copy fails there on a GPU).
+        cpu = {key: torch.as_tensor(batch[key]).cpu() for key in lengths}
+        return (text, (audio, cpu["audio_lengths"]), (vision, cpu["vision_lengths"])), {}
     return (text, audio, vision), {}
 
 

@@ -206,3 +206,23 @@ def test_cli_trains_several_seeds(features, tmp_path):
     summary = (tmp_path / "results" / "normal" / "mosi.csv").read_text()
     assert "lf_dnn" in summary and "np.float64" not in summary
     logging.getLogger("MMSA").handlers.clear()
+
+
+def test_model_inputs_leave_mmsa_lengths_on_the_cpu_for_pack_padded_sequence():
+    """Self-MM and MMIM pack their sequences with the lengths, which torch needs on the CPU: the
+    features go to the run's device, the lengths stay where MMSA's trainers leave them (a device
+    copy made Self-MM fail on a GPU in benchmarks/speed.py). "meta" stands in for a GPU here."""
+    from mmsa_iidaf import registry
+
+    batch = {"text": torch.zeros(2, 3, 4), "audio": torch.zeros(2, 5, 6),
+             "vision": torch.zeros(2, 5, 7), "audio_lengths": [5, 3], "vision_lengths": [4, 5]}
+    device = torch.device("meta")
+    for name in ("self_mm", "mmim"):
+        (text, (audio, audio_lengths), (vision, vision_lengths)), keywords = \
+            registry.model_inputs({"model_name": name, "device": device}, batch)
+        assert (text.device, audio.device, vision.device) == (device,) * 3 and keywords == {}
+        assert audio_lengths.device.type == vision_lengths.device.type == "cpu"
+        assert audio_lengths.tolist() == [5, 3] and vision_lengths.tolist() == [4, 5]
+    _, keywords = registry.model_inputs({"model_name": "iidaf", "device": device}, batch)
+    assert {k: v.device for k, v in keywords.items()} == {"audio_lengths": device,
+                                                          "vision_lengths": device}

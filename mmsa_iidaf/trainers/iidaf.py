@@ -38,12 +38,12 @@ class IIDAFTrainer(JointTrainer):
         predictions = [[] for _ in candidates]
         labels = []
         for inputs, lengths, targets in self._batches(loader):
-            with self._precision():
+            with self.precision():
                 representation = iidaf.represent(*inputs, **lengths)
             labels.append(targets.cpu())
             for index, absent in enumerate(candidates):
                 rows = absent.to(targets.device).expand(targets.shape[0], -1)
-                with self._precision():
+                with self.precision():
                     fused = iidaf.fuse(representation, rows)["M"]
                 predictions[index].append(fused.float().cpu())
         labels = torch.cat(labels)

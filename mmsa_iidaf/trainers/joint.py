@@ -59,7 +59,7 @@ class JointTrainer:
             )
         return main, discriminator
 
-    def _precision(self):
+    def precision(self):
         """bf16 autocast on the run's device with `mixed_precision: bf16` (meant for GPUs; the
         weights, optimiser state and losses' reductions stay float32), else a no-op."""
         device = torch.device(self.args.device)
@@ -75,18 +75,18 @@ class JointTrainer:
                                           disable=None)):
             inputs, lengths = model_inputs(args, batch)
             labels = self.objective.task_targets(batch["labels"]["M"].to(args.device))
-            with self._precision():
+            with self.precision():
                 outputs = model(*inputs, **lengths)
 
             if disc_optimizer is not None:
-                with self._precision():
+                with self.precision():
                     disc_loss = self.objective.discriminator_loss(network, outputs, labels)
                 disc_optimizer.zero_grad()
                 disc_loss.backward()
                 disc_optimizer.step()
                 sums["L_critic"] += disc_loss.item()
 
-            with self._precision():
+            with self.precision():
                 losses = self.objective(network, outputs, labels)
             if not torch.isfinite(losses["total"]):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -179,7 +179,7 @@ class JointTrainer:
         collected = defaultdict(list)
         for batch in loader:
             inputs, lengths = model_inputs(self.args, batch)
-            with self._precision():
+            with self.precision():
                 outputs = model(*inputs, **lengths)
             collected["labels"].append(self.objective.task_targets(batch["labels"]["M"]))
             collected["ids"].extend(batch["id"])
