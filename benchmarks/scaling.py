@@ -220,9 +220,7 @@ def main(argv=None) -> int:
         options.overrides = [speed.parse_setting(item) for item in options.overrides]
         for _, name, _ in speed.parse_models(options.models):
             registry.check_names(name, DATASET)
-        if options.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {options.device}: no GPU is visible to torch here; "
-                            f"use --device cpu")
+        speed.check_device(options.device)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -436,6 +436,12 @@ def markdown(table: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_device(device: str) -> None:
+    """`--device cuda[:N]` needs a GPU that torch sees."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no GPU is visible to torch here; use --device cpu")
+
+
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="python benchmarks/speed.py",
                                      description=__doc__.split("\n")[0])
@@ -470,9 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--models is empty: name at least one model, e.g. --models iidaf,misa")
         for _, name, _ in models:
             registry.check_names(name, DATASET)
-        if options.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {options.device}: no GPU is visible to torch here; "
-                            f"use --device cpu")
+        check_device(options.device)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -176,15 +176,13 @@ def model_inputs(args, batch: dict) -> tuple[tuple, dict]:
     """The (positional, keyword) arguments `args`'s trainer passes its model for an MMSA batch,
     on `args.device`: what to call the model with outside the trainer (latency, profiling)."""
     text, audio, vision = (batch[key].to(args["device"]) for key in ("text", "audio", "vision"))
-    lengths = {key: torch.as_tensor(batch[key], device=args["device"])
+    lengths = {key: torch.as_tensor(batch[key])
                for key in ("audio_lengths", "vision_lengths") if key in batch}
     if args["model_name"] in MODELS:
-        return (text, audio, vision), lengths
+        return (text, audio, vision), {k: v.to(args["device"]) for k, v in lengths.items()}
     if args["model_name"] in _LENGTH_TUPLE_MODELS:
-        # As MMSA's trainers hand them: on the CPU, where pack_padded_sequence needs them (a
-        # device copy fails there on a GPU).
-        cpu = {key: torch.as_tensor(batch[key]).cpu() for key in lengths}
-        return (text, (audio, cpu["audio_lengths"]), (vision, cpu["vision_lengths"])), {}
+        # Where MMSA's trainers leave them, on the CPU: pack_padded_sequence refuses GPU lengths.
+        return (text, (audio, lengths["audio_lengths"]), (vision, lengths["vision_lengths"])), {}
     return (text, audio, vision), {}
 
 

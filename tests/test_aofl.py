@@ -21,7 +21,6 @@ from mmsa_iidaf.models.aofl import AOFL, AOFLObjective
 from support import SMALL_PEER, peer_args, peer_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = SMALL_PEER
 
 
 def aofl_args(**overrides):
@@ -130,7 +129,7 @@ def signal_file(tmp_path_factory) -> Path:
 
 
 def test_run_py_learns_the_planted_signal_on_the_cpu(signal_file, tmp_path):
-    settings = {**SMALL, "max_epochs": 4, "early_stop": 2}
+    settings = {**SMALL_PEER, "max_epochs": 4, "early_stop": 2}
     flags = [f"--set={key}={value if not isinstance(value, list) else str(value)}"
              for key, value in settings.items()]
     result = subprocess.run(
@@ -155,7 +154,7 @@ def test_run_py_learns_the_planted_signal_on_the_cpu(signal_file, tmp_path):
 def test_a_term_that_never_acts_is_reported(signal_file, tmp_path):
     """An angle floor of 1° holds on every batch: L_AAC is in the graph but always 0, and the
     log says it does no work; a switched-off term (λ_CSR = 0) is not reported."""
-    settings = {**SMALL, "max_epochs": 1, "early_stop": 1, "aac_min_angle": 1.0,
+    settings = {**SMALL_PEER, "max_epochs": 1, "early_stop": 1, "aac_min_angle": 1.0,
                 "lambda_csr": 0.0}
     flags = [f"--set={key}={value}" for key, value in settings.items()]
     result = subprocess.run(

@@ -24,10 +24,8 @@ from mmsa_iidaf.models.mgrl import MGRL, MGRLObjective
 from support import SMALL_PEER, peer_args, peer_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = SMALL_PEER
 MODELS = {"mgrl": (MGRL, MGRLObjective), "fdrl": (FDRL, FDRLObjective)}
 LABELS = torch.tensor([1.0, -1.0, 0.5, -2.0, 0.0, 1.5, -0.5, 2.5])
-inputs = peer_inputs
 
 
 # --- the loss pieces -------------------------------------------------------------------------
@@ -77,7 +75,7 @@ def test_alignment_pieces_are_zero_where_the_features_agree_or_are_apart():
 def test_mgrl_switches_build_what_they_name():
     full = MGRL(peer_args("mgrl"))
     assert full.critic is not None and hasattr(full, "contribution_scorers")
-    outputs = full(*inputs(8))
+    outputs = full(*peer_inputs(8))
     weights = outputs["contribution"]
     assert weights.shape == (8, 3) and torch.allclose(weights.sum(-1), torch.ones(8))
     # The critic is the modality classifier, optimised apart from the rest.
@@ -86,13 +84,13 @@ def test_mgrl_switches_build_what_they_name():
     assert not critic & {id(p) for p in full.main_parameters()}
     fixed = MGRL(peer_args("mgrl", adaptive_contribution=False))
     assert not hasattr(fixed, "contribution_scorers")
-    assert torch.allclose(fixed(*inputs(8))["contribution"], torch.full((8, 3), 1 / 3))
+    assert torch.allclose(fixed(*peer_inputs(8))["contribution"], torch.full((8, 3), 1 / 3))
     off = MGRLObjective(peer_args("mgrl", lambda_mc=0.0))(full, outputs, LABELS)
     assert off["L_MC"].item() == 0.0 and not off["L_MC"].requires_grad
     alone = MGRL(peer_args("mgrl", modalities="t"))
     assert alone.critic is None and alone.discriminator_parameters() == []
     terms = MGRLObjective(peer_args("mgrl", modalities="t"))(
-        alone, alone(inputs(8)[0], None, None), LABELS)
+        alone, alone(peer_inputs(8)[0], None, None), LABELS)
     assert terms["L_MC"].item() == terms["L_MAR"].item() == terms["L_CON"].item() == 0.0
     with pytest.raises(ConfigError, match="'margin'"):
         MGRL(peer_args("mgrl", margin=1.5))
@@ -100,7 +98,7 @@ def test_mgrl_switches_build_what_they_name():
 
 def test_mgrl_margins_follow_the_contributions():
     model = MGRL(peer_args("mgrl", margin=0.3))
-    outputs = model(*inputs(8))
+    outputs = model(*peer_inputs(8))
     objective = MGRLObjective(peer_args("mgrl", margin=0.3))
     # A critic that places nothing: each sample pays its own margin, 0.3 · M · w_m,i.
     for layer in model.critic:
@@ -113,7 +111,7 @@ def test_mgrl_margins_follow_the_contributions():
 
 def test_mgrl_contribution_target_favours_the_better_modality():
     model = MGRL(peer_args("mgrl"))
-    outputs = model(*inputs(8))
+    outputs = model(*peer_inputs(8))
     objective = MGRLObjective(peer_args("mgrl"))
     # Text's unimodal head exact, the others far off: the scorer is pulled towards text.
     outputs["unimodal"] = {"t": LABELS.reshape(-1, 1).clone(),
@@ -127,7 +125,7 @@ def test_mgrl_contribution_target_favours_the_better_modality():
 
 def test_fdrl_switches_build_what_they_name():
     model = FDRL(peer_args("fdrl"))
-    outputs = model(*inputs(8))
+    outputs = model(*peer_inputs(8))
     assert set(outputs["reconstructed"]) == set("tav")
     fine = FDRLObjective(peer_args("fdrl"))
     coarse = FDRLObjective(peer_args("fdrl", granularity="coarse"))
@@ -138,7 +136,7 @@ def test_fdrl_switches_build_what_they_name():
     assert off["L_REC"].item() == 0.0 and not off["L_REC"].requires_grad
     alone = FDRL(peer_args("fdrl", modalities="a"))
     terms = FDRLObjective(peer_args("fdrl", modalities="a"))(
-        alone, alone(None, inputs(8)[1], None), LABELS)
+        alone, alone(None, peer_inputs(8)[1], None), LABELS)
     assert terms["L_FA"].item() == 0.0 and terms["L_FD"].item() > 0
     with pytest.raises(ConfigError, match="granularity"):
         FDRL(peer_args("fdrl", granularity="medium"))
@@ -154,7 +152,7 @@ def test_every_loss_reaches_the_part_it_constrains(name, terms, reaches):
     model_class, objective_class = MODELS[name]
     args = peer_args(name, margin=0.9) if name == "mgrl" else peer_args(name)
     model = model_class(args)
-    outputs = model(*inputs(8))
+    outputs = model(*peer_inputs(8))
     losses = objective_class(args)(model, outputs, LABELS)
     for term in terms:
         assert losses[term].item() > 0, term
@@ -175,7 +173,7 @@ def test_every_loss_reaches_the_part_it_constrains(name, terms, reaches):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_eval_predictions_do_not_depend_on_the_rest_of_the_batch(name):
     model = MODELS[name][0](peer_args(name)).eval()
-    text, audio, vision = inputs(6)
+    text, audio, vision = peer_inputs(6)
     with torch.no_grad():
         together = model(text, audio, vision)["M"]
         alone = torch.cat([model(text[i:i + 1], audio[i:i + 1], vision[i:i + 1])["M"]
@@ -192,7 +190,7 @@ def signal_file(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name,logged", [("mgrl", ("L_MC", "L_MAR", "L_CON", "L_critic")),
                                          ("fdrl", ("L_FA", "L_FD", "L_REC"))])
 def test_run_py_learns_the_planted_signal_on_the_cpu(name, logged, signal_file, tmp_path):
-    settings = {**SMALL, "max_epochs": 4, "early_stop": 2}
+    settings = {**SMALL_PEER, "max_epochs": 4, "early_stop": 2}
     flags = [f"--set={key}={value}" for key, value in settings.items()]
     result = subprocess.run(
         [sys.executable, str(REPO / "run.py"), "-m", name, "-d", "mosi", "-f",
@@ -222,7 +220,7 @@ def test_classification_trains_every_term(name):
     model_class, objective_class = {"aofl": (AOFL, AOFLObjective), **MODELS}[name]
     args = peer_args(name, train_mode="classification", num_classes=2)
     model = model_class(args)
-    outputs = model(*inputs(8))
+    outputs = model(*peer_inputs(8))
     assert outputs["M"].shape == (8, 2)
     labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
     losses = objective_class(args)(model, outputs, labels)

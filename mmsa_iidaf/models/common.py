@@ -9,9 +9,8 @@ from collections.abc import Callable
 from easydict import EasyDict
 from torch import Tensor, nn
 
-from mmsa_iidaf.losses.task import task_loss, task_targets
-
 from mmsa_iidaf.errors import ConfigError
+from mmsa_iidaf.losses.task import task_loss, task_targets
 
 from .iidaf.settings import iidaf_settings
 
