@@ -23,7 +23,8 @@ import torch
 logger = logging.getLogger("MMSA")
 
 BATCH_SIZE = 64
-# encoder directory -> {token content of one sample: its last hidden states (L, H)}
+# encoder (directory, and its layer count when truncated) -> {token content of one sample: its
+# last hidden states (L, H)}
 _TABLES: dict[str, dict[bytes, torch.Tensor]] = {}
 
 
@@ -32,9 +33,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMSA_IIDAF_CACHE", root / "mmsa_iidaf")) / "text_states"
 
 
-def _encoder_identity(encoder_dir: Path) -> bytes:
-    """The encoder's directory, its config, and the size and time of its weight files."""
-    parts = [str(encoder_dir), (encoder_dir / "config.json").read_text()]
+def _table_key(encoder_dir: str | Path, layers: int) -> str:
+    return str(encoder_dir) if not layers else f"{encoder_dir}#layers={layers}"
+
+
+def _encoder_identity(encoder_dir: Path, layers: int) -> bytes:
+    """The encoder's directory and layer count, its config, and the size and time of its weight
+    files."""
+    parts = [_table_key(encoder_dir, layers), (encoder_dir / "config.json").read_text()]
     for weights in sorted(encoder_dir.glob("*.safetensors")) + sorted(encoder_dir.glob("*.bin")):
         stat = weights.stat()
         parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
@@ -46,45 +52,48 @@ def _row_keys(text_bert: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in rows]
 
 
-def states_file(encoder_dir: Path, text_bert: np.ndarray) -> Path:
-    digest = hashlib.sha256(_encoder_identity(encoder_dir))
+def states_file(encoder_dir: Path, text_bert: np.ndarray, layers: int = 0) -> Path:
+    digest = hashlib.sha256(_encoder_identity(encoder_dir, layers))
     digest.update(np.ascontiguousarray(text_bert, dtype=np.float32).tobytes())
     return cache_dir() / f"{digest.hexdigest()}.pt"
 
 
-def _encode(encoder_dir: Path, text_bert: np.ndarray) -> torch.Tensor:
+def _encode(encoder_dir: Path, text_bert: np.ndarray, layers: int) -> torch.Tensor:
     from .text_encoders import TextEncoder
 
-    encoder = TextEncoder(str(encoder_dir), finetune=False).eval()
+    encoder = TextEncoder(str(encoder_dir), finetune=False, layers=layers).eval()
     batches = torch.from_numpy(np.asarray(text_bert, dtype=np.float32)).split(BATCH_SIZE)
     with torch.no_grad():
         return torch.cat([encoder(batch) for batch in batches])
 
 
-def precompute(encoder_dir: str | Path, text_bert: np.ndarray) -> Path:
-    """Make the states of every sample of `text_bert` (N, 3, L) available; return the file."""
+def precompute(encoder_dir: str | Path, text_bert: np.ndarray, layers: int = 0) -> Path:
+    """Make the states of every sample of `text_bert` (N, 3, L) available, as the encoder's first
+    `layers` layers (0: all) give them; return the file."""
     encoder_dir = Path(encoder_dir)
-    path = states_file(encoder_dir, text_bert)
+    path = states_file(encoder_dir, text_bert, layers)
     if path.is_file():
         states = torch.load(path)
     else:
         logger.info(f"encoding {len(text_bert)} texts once with the frozen {encoder_dir.name}")
-        states = _encode(encoder_dir, text_bert)
+        states = _encode(encoder_dir, text_bert, layers)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         torch.save(states, partial)
         os.replace(partial, path)
-    table = _TABLES.setdefault(str(encoder_dir), {})
+    table = _TABLES.setdefault(_table_key(encoder_dir, layers), {})
     table.update(zip(_row_keys(text_bert), states))
     return path
 
 
-def lookup(encoder_dir: str | Path, text_bert: torch.Tensor) -> torch.Tensor | None:
-    """The cached states of a batch (B, 3, L), on its device, or None if any row is unknown.
+def lookup(encoder_dir: str | Path, text_bert: torch.Tensor,
+           layers: int = 0) -> torch.Tensor | None:
+    """The cached states of a batch (B, 3, L) from the encoder's first `layers` layers (0: all),
+    on its device, or None if any row is unknown.
 
     Only the three token rows count: MMSA's model-side alignment (`need_model_aligned`) pads the
     batch with more rows, which no encoder reads."""
-    table = _TABLES.get(str(encoder_dir))
+    table = _TABLES.get(_table_key(encoder_dir, layers))
     if not table:
         return None
     try:

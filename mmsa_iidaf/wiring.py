@@ -8,14 +8,18 @@ checked `MMSA_run` in MMSA's place.
 from __future__ import annotations
 
 from . import compat, encoder_cache, registry, runs
+from .models.iidaf.settings import text_layers
 
 _installed = False
 
 
 def cache_frozen_text(dataset) -> None:
-    """A data hook: a frozen encoder's text states, computed once per split."""
-    if runs.frozen_text_encoder(dataset.args) and dataset.args.get("cache_text_states", True):
-        encoder_cache.precompute(dataset.args["pretrained"], dataset.text)
+    """A data hook: a frozen encoder's text states, computed once per split (with the layers the
+    plugin's models may drop; MMSA's models use every layer)."""
+    args = dataset.args
+    if runs.frozen_text_encoder(args) and args.get("cache_text_states", True):
+        layers = text_layers(args) if args.get("model_name") in registry.MODELS else 0
+        encoder_cache.precompute(args["pretrained"], dataset.text, layers)
 
 
 def install() -> None:

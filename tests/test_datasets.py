@@ -34,7 +34,7 @@ from mmsa_iidaf.data.ur_funny import LABEL_FILE, convert, read_labels_and_folds
 from mmsa_iidaf.data.ur_funny_synthetic import write_synthetic_release
 from mmsa_iidaf.errors import FeatureFileError, TextEncoderUnavailable
 from mmsa_iidaf.models.iidaf import IIDAF
-from mmsa_iidaf.text_encoders import STAND_IN, resolve_pretrained
+from mmsa_iidaf.text_encoders import STAND_IN, TextEncoder, resolve_pretrained
 from support import run_folders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -521,6 +521,25 @@ def test_frozen_encoder_states_are_encoded_once_and_reused(tiny_data, tiny_file,
     second, _ = seed_record(tmp_path / "second" / "results", "iidaf", "mosi")
     assert _metrics(second) == _metrics(first)
     assert set(private_encoder_cache.glob("*.pt")) == states_files
+
+
+def test_a_truncated_frozen_encoder_caches_its_own_states(tiny_data, tiny_file, tmp_path,
+                                                          private_encoder_cache, encoder_runs):
+    """`text_layers` = 2: the states cached are the first two layers' (not the whole encoder's,
+    which share its directory), and training reads them."""
+    MMSA.MMSA_run("iidaf", "mosi", config={**FROZEN_STAND_IN, "text_layers": 2},
+                  custom_feature=tiny_file, seeds=[1], **run_folders(tmp_path))
+    assert encoder_runs["transformer"] == 0 and encoder_runs["cache_misses"] == 0
+    encoder_dir = resolve_pretrained(STAND_IN)
+    text_bert = tiny_data["train"]["text_bert"]
+    cached = torch.load(encoder_cache.states_file(encoder_dir, text_bert, 2))
+    assert not encoder_cache.states_file(encoder_dir, text_bert).exists()
+    batch = torch.from_numpy(np.asarray(text_bert[:4], dtype=np.float32))
+    with torch.no_grad():
+        two_layers = TextEncoder(STAND_IN, layers=2).eval()(batch)
+        every_layer = TextEncoder(STAND_IN).eval()(batch)
+    torch.testing.assert_close(cached[:4], two_layers, atol=1e-5, rtol=0)
+    assert not torch.allclose(cached[:4], every_layer, atol=1e-3)
 
 
 def test_the_cache_key_follows_the_content(tiny_data):

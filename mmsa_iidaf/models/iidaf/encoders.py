@@ -201,7 +201,8 @@ class MultimodalEncoder(nn.Module):
         built on it, so a comparison between them isolates what comes after."""
         text_encoder = None
         if settings.use_bert and "t" in settings.modalities:
-            text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune))
+            text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune),
+                                       layers=int(settings.text_layers))
         return cls(
             settings.modalities, settings.feature_dims, int(settings.d_model),
             int(settings.conv_kernel), settings.enc_layers, settings.enc_heads,

@@ -33,6 +33,7 @@ DEFAULTS = {
     "compile": False,                    # torch.compile the model (opt-in; first steps compile)
     "mixed_precision": "none",           # or "bf16": autocast in training and evaluation (GPU)
     "temporal_stride": 1,                # [t, a, v] or one int: average every s steps first
+    "text_layers": 0,                    # the text encoder's first k layers only; 0: all of them
     "preset": "full",                    # or "lite": PRESETS["lite"] over the config
     "householder_vectors": 3,
     "mic_proj_dim": 64,
@@ -89,6 +90,12 @@ def _per_modality(value, key: str) -> dict[str, int]:
     return {m: int(v) for m, v in zip(MODALITY_ORDER, value)}
 
 
+def text_layers(args) -> int:
+    """The text encoder's layer count a config asks for (its preset's over its own; 0: all)."""
+    preset = PRESETS.get(args.get("preset", DEFAULTS["preset"]), {})
+    return int(preset.get("text_layers", args.get("text_layers", DEFAULTS["text_layers"])))
+
+
 def iidaf_settings(args) -> EasyDict:
     """Return `args` completed with the defaults above and checked; raises ConfigError on bad values.
 
@@ -106,6 +113,9 @@ def iidaf_settings(args) -> EasyDict:
     settings.enc_layers = _per_modality(settings.enc_layers, "enc_layers")
     settings.enc_heads = _per_modality(settings.enc_heads, "enc_heads")
     settings.temporal_stride = _per_modality(settings.temporal_stride, "temporal_stride")
+    if int(settings.text_layers) < 0:
+        raise ConfigError(f"config 'text_layers' = {settings.text_layers} must be >= 0 "
+                          f"(0: every layer of the text encoder)")
     if min(settings.temporal_stride.values()) < 1:
         raise ConfigError(f"config 'temporal_stride' = {args.get('temporal_stride')} must be "
                           f">= 1 for every modality")
