@@ -460,16 +460,16 @@ def test_real_mosi_text_bert_through_the_frozen_stand_in(tmp_path, monkeypatch):
     encode, lookup = encoder_cache._encode, encoder_cache.lookup
     encoding = {"now": False}
 
-    def counting_encode(encoder_dir, text_bert):
+    def counting_encode(encoder_dir, text_bert, layers):
         encoded.append(len(text_bert))
         encoding["now"] = True  # the encoding pass itself asks the (still empty) cache first
         try:
-            return encode(encoder_dir, text_bert)
+            return encode(encoder_dir, text_bert, layers)
         finally:
             encoding["now"] = False
 
-    def recording_lookup(encoder_dir, text_bert):
-        states = lookup(encoder_dir, text_bert)
+    def recording_lookup(encoder_dir, text_bert, layers=0):
+        states = lookup(encoder_dir, text_bert, layers)
         if not encoding["now"]:
             lookups.append(states is not None)
         return states
