@@ -214,11 +214,15 @@ def storage_for(url: str):
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        except sqlalchemy.exc.IntegrityError:
-            # Workers started together all create the schema; all but one lose that race and
-            # find it made a moment later.
-            time.sleep(1 + attempt)
         except Exception as error:  # a bad URL or an unreachable server: SQLAlchemy's types
+            # Workers started together all create the schema; all but one lose that race (a
+            # duplicate row, or "table ... already exists") and find it made a moment later.
+            lost_race = isinstance(error, sqlalchemy.exc.IntegrityError) or (
+                isinstance(error, sqlalchemy.exc.OperationalError)
+                and "already exists" in str(error))
+            if lost_race:
+                time.sleep(1 + attempt)
+                continue
             raise ConfigError(f"--storage {url}: {type(error).__name__}: "
                               f"{str(error).strip().splitlines()[0]} (give an RDB URL such as "
                               f"sqlite:///tune.db or postgresql://user:pw@host/db)") from None

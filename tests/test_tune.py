@@ -135,3 +135,36 @@ def test_grid_refuses_a_range(tmp_path, tiny_mosi, capsys):
                  "--space", str(space)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--grid needs a list of values" in err
+
+
+
+def _table_exists():
+    import sqlalchemy.exc
+    return sqlalchemy.exc.OperationalError("CREATE TABLE study_directions", {},
+                                           Exception("table study_directions already exists"))
+
+
+def _duplicate_row():
+    import sqlalchemy.exc
+    return sqlalchemy.exc.IntegrityError("INSERT INTO version_info", {}, Exception("UNIQUE"))
+
+
+@pytest.mark.parametrize("lost_race", [_table_exists, _duplicate_row])
+def test_a_worker_that_loses_the_schema_race_opens_the_storage_made_by_another(
+        lost_race, tmp_path, monkeypatch):
+    """Workers started together on a new database all create its tables; the losers get
+    "already exists" or a duplicate row, and open the storage the winner made."""
+    from mmsa_iidaf import tune as tune_module
+
+    real_storage, calls = optuna.storages.RDBStorage, []
+
+    def racing_storage(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise lost_race()
+        return real_storage(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing_storage)
+    monkeypatch.setattr(tune_module.time, "sleep", lambda seconds: None)
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    assert isinstance(tune_module.storage_for(url), real_storage) and len(calls) == 2
