@@ -122,7 +122,7 @@ def _config_overrides(options, model: str, registry) -> tuple[dict, dict]:
         raise UserError(f"model '{model}' has no BERT text branch: drop --text-encoder")
     if options.text_encoder and "pretrained" in defaults:
         overrides.update(pretrained=options.text_encoder, use_bert=True)
-    elif options.demo and uses_bert(defaults):
+    elif options.demo and uses_bert(defaults) and defaults.get("pretrained") != STAND_IN:
         # --demo promises a run with no download: the stand-in, said aloud and recorded.
         print(f"demo: text encoder {STAND_IN} stands in for {defaults.get('pretrained')}",
               file=sys.stderr)

