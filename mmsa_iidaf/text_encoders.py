@@ -122,19 +122,18 @@ class TextEncoder(nn.Module):
         self.pretrained = str(pretrained)
         self.directory = resolve_pretrained(pretrained)
         self.layers = int(layers)
-        overrides = {}
+        config = AutoConfig.from_pretrained(self.directory)
+        verbosity = transformers_logging.get_verbosity()
         if self.layers:
-            available = int(AutoConfig.from_pretrained(self.directory).num_hidden_layers)
+            available = int(config.num_hidden_layers)
             if not 0 < self.layers <= available:
                 raise ConfigError(f"config 'text_layers' = {self.layers}: {self.pretrained} has "
                                   f"{available} layers; give 1 to {available}, or 0 for all")
-            overrides["num_hidden_layers"] = self.layers
-        # The dropped layers' weights are reported as unused checkpoint entries: expected here.
-        verbosity = transformers_logging.get_verbosity()
-        if self.layers:
+            config.num_hidden_layers = self.layers
+            # The dropped layers' weights are reported as unused checkpoint entries: expected.
             transformers_logging.set_verbosity_error()
         try:
-            self.model = AutoModel.from_pretrained(self.directory, **overrides)
+            self.model = AutoModel.from_pretrained(self.directory, config=config)
         finally:
             transformers_logging.set_verbosity(verbosity)
         self.finetune = finetune

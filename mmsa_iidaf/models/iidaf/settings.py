@@ -91,12 +91,6 @@ def _per_modality(value, key: str) -> dict[str, int]:
     return {m: int(v) for m, v in zip(MODALITY_ORDER, value)}
 
 
-def text_layers(args) -> int:
-    """The text encoder's layer count a config asks for (its preset's over its own; 0: all)."""
-    preset = PRESETS.get(args.get("preset", DEFAULTS["preset"]), {})
-    return int(preset.get("text_layers", args.get("text_layers", DEFAULTS["text_layers"])))
-
-
 def iidaf_settings(args) -> EasyDict:
     """Return `args` completed with the defaults above and checked; raises ConfigError on bad values.
 
