@@ -172,6 +172,26 @@ def _compare(options, overrides: dict, feature: str | None, argv: list[str]) -> 
     )
 
 
+def _seeds_to_train(options, overrides: dict, feature: str | None) -> list[int]:
+    """The seeds of a one-model run whose rows are not yet in its seeds file with the same
+    config and feature file: rerunning a command resumes it, as a comparison does."""
+    from .experiments.compare import DEFAULT_SEEDS, finished, plan
+    from .runs import seeds_csv
+
+    model = options.model[0]
+    seeds = list(dict.fromkeys(options.seeds)) or list(DEFAULT_SEEDS)
+    (entry,) = plan([model], options.dataset, config_file=options.config,
+                    model_configs=overrides, res_save_dir=options.res_save_dir,
+                    custom_feature=feature, feature_T=options.feature_T,
+                    feature_A=options.feature_A, feature_V=options.feature_V)
+    done = set(finished(entry, options.dataset, options.res_save_dir, seeds)["seed"])
+    if done:
+        print(f"{model}: seed(s) {', '.join(str(s) for s in seeds if s in done)} already in "
+              f"{seeds_csv(options.res_save_dir, model, options.dataset)} with the same config "
+              f"and feature file: skipped (another --res-save-dir trains them again)")
+    return [seed for seed in seeds if seed not in done]
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
     from . import MMSA_run, registry  # importing the package installs the plugin
@@ -196,12 +216,20 @@ def main(argv: list[str] | None = None) -> int:
             except RunsFailed as failed:
                 print(f"error: {failed}", file=sys.stderr)
                 return 1
+            except KeyboardInterrupt:
+                print(f"interrupted: the table of the finished runs is in "
+                      f"{options.res_save_dir}; the same command resumes the rest",
+                      file=sys.stderr)
+                return 130
+            return 0
+        seeds = options.seeds if options.tune else _seeds_to_train(options, overrides, feature)
+        if not seeds:
             return 0
         MMSA_run(
             options.model[0], options.dataset,
             config_file=options.config,
             config=overrides[options.model[0]],
-            seeds=options.seeds,
+            seeds=seeds,
             is_tune=options.tune,
             tune_times=options.tune_times,
             custom_feature=feature,

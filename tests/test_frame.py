@@ -205,6 +205,17 @@ def test_cli_trains_several_seeds(features, tmp_path):
     assert rows["seed"].tolist() == [1, 2]
     summary = (tmp_path / "results" / "normal" / "mosi.csv").read_text()
     assert "lf_dnn" in summary and "np.float64" not in summary
+
+    # Rerun with another seed added: the finished seed is skipped, said aloud, not retrained.
+    resumed = run_cli("-m", "lf_dnn", "-d", "mosi", "-f", str(features), "-c", str(config),
+                      "-s", "2", "-s", "3", "--res-save-dir", str(tmp_path / "results"),
+                      "--model-save-dir", str(tmp_path / "models"),
+                      "--log-dir", str(tmp_path / "logs"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "lf_dnn: seed(s) 2 already in" in resumed.stdout
+    resumed_rows = pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")
+    assert resumed_rows["seed"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(resumed_rows.iloc[:2], rows)
     logging.getLogger("MMSA").handlers.clear()
 
 
