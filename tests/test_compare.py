@@ -166,10 +166,15 @@ def test_an_interrupted_grid_keeps_finished_seeds_and_resumes(workspace, monkeyp
 
     with monkeypatch.context() as patch:
         patch.setattr(IIDAFTrainer, "do_train", ctrl_c)
-        with pytest.raises(KeyboardInterrupt):
-            cli.main(args)
+        assert cli.main(args) == 130
+    assert "interrupted: the table of the finished runs" in capsys.readouterr().err
     assert pd.read_csv(workspace / "interrupted" / "lf_dnn-mosi-seeds.csv")["seed"].tolist() == [3]
-    assert not (workspace / "interrupted" / "compare-mosi.csv").exists()
+    # The table of what finished is written on the way out: iidaf with no seed yet.
+    partial = pd.read_csv(workspace / "interrupted" / "compare-mosi.csv")
+    assert partial["model"].tolist() == ["lf_dnn", "iidaf"]
+    assert partial["n_seeds"].tolist() == [1, 0] and partial["MAE_mean"].isna().tolist() == [
+        False, True]
+    assert "| `iidaf` | 0 |" in (workspace / "interrupted" / "compare-mosi.md").read_text()
     assert cli.main(args) == 0
     assert "1 of 2 (model, seed) runs already in" in capsys.readouterr().out
     assert pd.read_csv(workspace / "interrupted" / "compare-mosi.csv")["n_seeds"].tolist() == [1, 1]

@@ -330,7 +330,8 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
     the default, or `executors.RayExecutor(...)`). Seeds already in the seeds files with the same config and feature file are
     not trained again. Writes `compare-{dataset}.csv` (the returned table) and `.md` in
     `res_save_dir`. Raises a `UserError` before any training for bad names, files or configs,
-    and `RunsFailed`, after writing the table of the runs that finished, if some run failed."""
+    and `RunsFailed`, after writing the table of the runs that finished, if some run failed;
+    a KeyboardInterrupt, too, goes on after the table of what finished is written."""
     dataset = dataset.lower()
     seeds = list(dict.fromkeys(seeds)) or list(DEFAULT_SEEDS)
     robustness = list(robustness or [])
@@ -355,23 +356,36 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
               f"with the same config and feature file: skipped")
     grid = executors.Grid(dataset, config_file, feature_paths, gpu_ids, num_workers,
                           verbose_level, Path(model_save_dir), Path(res_save_dir), Path(log_dir))
-    with progress_bar(total - skipped, progress) as advance:
-        outcome = (executor or executors.LocalExecutor()).run(
-            [(entry, pending[entry.name]) for entry in entries if pending[entry.name]],
-            grid, advance)
-
-    table, metrics = build_table(entries, dataset, res_save_dir, seeds)
-    if robustness:
-        table = add_robustness(table, metrics, entries, dataset, res_save_dir, seeds, robustness)
     if command is None:
         command = (f"mmsa_iidaf.compare({list(models)!r}, {dataset!r}, seeds={seeds!r}"
                    + (f", ablation={ablation!r}" if ablation else "") + ")")
+    try:
+        with progress_bar(total - skipped, progress) as advance:
+            outcome = (executor or executors.LocalExecutor()).run(
+                [(entry, pending[entry.name]) for entry in entries if pending[entry.name]],
+                grid, advance)
+    except KeyboardInterrupt:
+        # Stopping a long grid still leaves the table of what finished (each model's n_seeds
+        # says how far it got); the same command resumes the rest.
+        write_tables(entries, dataset, res_save_dir, seeds, command)
+        raise
+    table = write_tables(entries, dataset, res_save_dir, seeds, command, robustness)
+    if outcome.failures:
+        raise RunsFailed(outcome.failures, Path(res_save_dir) / f"compare-{dataset}.md")
+    return table
+
+
+def write_tables(entries: list[Entry], dataset: str, res_save_dir, seeds, command: str,
+                 robustness: list[str] = ()) -> pd.DataFrame:
+    """`compare-{dataset}.csv` and `.md` from the finished seeds rows (with the robustness
+    areas of `robustness`'s kinds); returns the table."""
+    table, metrics = build_table(entries, dataset, res_save_dir, seeds)
+    if robustness:
+        table = add_robustness(table, metrics, entries, dataset, res_save_dir, seeds, robustness)
     res_dir = Path(res_save_dir)
     res_dir.mkdir(parents=True, exist_ok=True)
     _write(res_dir / f"compare-{dataset}.csv", lambda path: table.to_csv(path, index=False))
     text = markdown(table, metrics, dataset=dataset, command=command, entry=entries[0],
                     seeds=seeds)
     _write(res_dir / f"compare-{dataset}.md", lambda path: path.write_text(text))
-    if outcome.failures:
-        raise RunsFailed(outcome.failures, res_dir / f"compare-{dataset}.md")
     return table
