@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from easydict import EasyDict
 
@@ -52,6 +54,7 @@ LENGTH_KEYS = {"a": "audio_lengths", "v": "vision_lengths"}
 MODALITY_CODES = {"t": 0, "a": 1, "v": 2}
 LEVEL_LABELS = {"missing": "fraction of time steps missing",
                 "noise": "noise std / feature's train std"}
+MARKERS = "osD^v<>ph*"
 
 
 def real_steps(values: torch.Tensor, lengths=None) -> torch.Tensor:
@@ -269,26 +272,32 @@ def robustness_figure(table: pd.DataFrame, path, metric: str | None = None) -> N
     metric = metric or _metric_for(table)
     kinds = [k for k in KINDS if k in set(table["kind"])]
     settings = [s for s in ("t", "a", "v", "all") if s in set(table["modality"])]
-    figure = Figure(figsize=(4 * len(settings), 3.4 * len(kinds)))
+    # One colour and marker per model in every panel, and one legend beside the panels: a
+    # comparison of ten models otherwise repeats a legend that hides the curves.
+    models = list(dict.fromkeys(table["model"]))
+    palette = colormaps["tab10" if len(models) <= 10 else "tab20"]
+    styles = {model: {"color": palette(i % palette.N), "marker": MARKERS[i % len(MARKERS)]}
+              for i, model in enumerate(models)}
+    figure = Figure(figsize=(4 * len(settings) + 1.6, 3.4 * len(kinds)), layout="constrained")
     axes = figure.subplots(len(kinds), len(settings), squeeze=False)
     for row_axes, kind in zip(axes, kinds):
         for axis, setting in zip(row_axes, settings):
             part = table[(table["kind"] == kind) & (table["modality"] == setting)]
             for model, lines in part.groupby("model", sort=False):
                 curve = lines.groupby("level")[metric].agg(["mean", "std"]).fillna(0.0)
-                axis.plot(curve.index, curve["mean"], marker="o", markersize=3, label=model)
+                axis.plot(curve.index, curve["mean"], markersize=3, label=model, **styles[model])
                 axis.fill_between(curve.index, curve["mean"] - curve["std"],
-                                  curve["mean"] + curve["std"], alpha=0.2)
+                                  curve["mean"] + curve["std"], alpha=0.15,
+                                  color=styles[model]["color"])
             name = {"all": "all modalities"}.get(setting, {"t": "text", "a": "audio",
                                                             "v": "vision"}.get(setting))
             axis.set_title(f"{kind}: {name}")
             axis.set_xlabel(LEVEL_LABELS[kind])
             axis.set_ylabel(metric)
-            if len(part):
-                axis.legend(fontsize=7)
+    handles = [Line2D([], [], markersize=4, label=model, **styles[model]) for model in models]
+    figure.legend(handles=handles, loc="outside right center", fontsize=8, title="model")
     dataset = ", ".join(sorted(set(table["dataset"])))
     figure.suptitle(f"Robustness on {dataset} test split: {metric}, mean ± std over seeds")
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
