@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .experiments.ablations import KINDS as ABLATION_KINDS
-from .experiments.compare import ROBUSTNESS_KINDS, RunsFailed
+from .experiments.compare import ROBUSTNESS_KINDS, ComparisonInterrupted, RunsFailed
 from .experiments.executors import EXECUTORS
 
 
@@ -216,9 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             except RunsFailed as failed:
                 print(f"error: {failed}", file=sys.stderr)
                 return 1
+            except ComparisonInterrupted as interrupted:
+                print(f"interrupted: the table of the finished runs is {interrupted.table_path}; "
+                      f"the same command resumes the rest", file=sys.stderr)
+                return 130
             except KeyboardInterrupt:
-                print(f"interrupted: the table of the finished runs is in "
-                      f"{options.res_save_dir}; the same command resumes the rest",
+                # Before the grid (checks) or after it (robustness): no new table was written.
+                print(f"interrupted: no table written; finished seeds stay in "
+                      f"{options.res_save_dir} and the same command resumes the rest",
                       file=sys.stderr)
                 return 130
             return 0

@@ -180,6 +180,21 @@ def test_an_interrupted_grid_keeps_finished_seeds_and_resumes(workspace, monkeyp
     assert pd.read_csv(workspace / "interrupted" / "compare-mosi.csv")["n_seeds"].tolist() == [1, 1]
 
 
+def test_ctrl_c_before_the_grid_claims_no_table(workspace, monkeypatch, capsys):
+    from mmsa_iidaf.experiments import compare
+
+    args = argv(workspace, "lf_dnn", "iidaf", seeds=(3,))
+    args[args.index("--res-save-dir") + 1] = str(workspace / "early")
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "check_feature_file_matches", ctrl_c)
+    assert cli.main(args) == 130
+    assert "interrupted: no table written" in capsys.readouterr().err
+    assert not (workspace / "early" / "compare-mosi.md").exists()
+
+
 def test_rows_made_on_another_feature_file_exit_2_and_nothing_changes(grid, capsys,
                                                                       mmsa_logger):
     root, _ = grid

@@ -45,6 +45,14 @@ class RunsFailed(RuntimeError):
                          + "; ".join(failures))
 
 
+class ComparisonInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a comparison's grid, after the table of what finished was written."""
+
+    def __init__(self, table_path: Path):
+        self.table_path = table_path
+        super().__init__(str(table_path))
+
+
 @dataclass(frozen=True)
 class Entry:
     """One row of the comparison: `name` (a model, or a variant like `iidaf[-mic]`), the model
@@ -331,7 +339,8 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
     not trained again. Writes `compare-{dataset}.csv` (the returned table) and `.md` in
     `res_save_dir`. Raises a `UserError` before any training for bad names, files or configs,
     and `RunsFailed`, after writing the table of the runs that finished, if some run failed;
-    a KeyboardInterrupt, too, goes on after the table of what finished is written."""
+    a KeyboardInterrupt during the grid becomes `ComparisonInterrupted` once the table of what
+    finished is written."""
     dataset = dataset.lower()
     seeds = list(dict.fromkeys(seeds)) or list(DEFAULT_SEEDS)
     robustness = list(robustness or [])
@@ -368,7 +377,7 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
         # Stopping a long grid still leaves the table of what finished (each model's n_seeds
         # says how far it got); the same command resumes the rest.
         write_tables(entries, dataset, res_save_dir, seeds, command)
-        raise
+        raise ComparisonInterrupted(Path(res_save_dir) / f"compare-{dataset}.md") from None
     table = write_tables(entries, dataset, res_save_dir, seeds, command, robustness)
     if outcome.failures:
         raise RunsFailed(outcome.failures, Path(res_save_dir) / f"compare-{dataset}.md")
