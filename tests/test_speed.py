@@ -9,6 +9,8 @@ from pathlib import Path
 
 from support import SMALL_IIDAF
 
+from mmsa_iidaf.data.synthetic import write_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = ROOT / "benchmarks" / "speed.py"
 FIGURES = ("latency_ms_b1", "latency_ms_b32", "train_samples_per_s", "peak_rss_mb")
@@ -22,12 +24,15 @@ def _speed(*arguments: str) -> subprocess.CompletedProcess:
 def test_quick_json_has_every_figure_and_the_ratios_to_misa(tmp_path):
     out = tmp_path / "speed.json"
     small = [f"--set=iidaf.{key}={json.dumps(value)}" for key, value in SMALL_IIDAF.items()]
-    done = _speed("--models", "iidaf,misa", "--quick", "--shapes", "compact", "--threads", "1",
-                  "--json", str(out), *small)
+    vocabulary = write_dataset(tmp_path / "words.pkl", preset="mosi", n_train=8, n_valid=2,
+                               n_test=2, seed=0)
+    done = _speed("--models", "iidaf,iidaf[text_vocabulary=train],misa", "--quick", "--shapes",
+                  "compact", "--threads", "1", "--vocabulary", str(vocabulary), "--json", str(out),
+                  *small)
     assert done.returncode == 0, done.stderr[-2000:]
     table = json.loads(out.read_text())
     assert table["device"].startswith("cpu") and table["threads"] == 1
-    assert set(table["models"]) == {"iidaf", "misa"}
+    assert set(table["models"]) == {"iidaf", "iidaf[text_vocabulary=train]", "misa"}
     for name, row in table["models"].items():
         for key in FIGURES:
             assert row[key] > 0, (name, key)
@@ -40,6 +45,12 @@ def test_quick_json_has_every_figure_and_the_ratios_to_misa(tmp_path):
     assert iidaf["ratio_to_misa"]["latency_ms_b32"] == (iidaf["latency_ms_b32"]
                                                         / misa["latency_ms_b32"])
     assert iidaf["parameters_without_encoder"] < iidaf["parameters"]
+    # The trimmed row keeps the eight training clips' tokens only: the same model, a smaller
+    # embedding.
+    trimmed = table["models"]["iidaf[text_vocabulary=train]"]
+    assert trimmed["parameters_without_encoder"] == iidaf["parameters_without_encoder"]
+    assert trimmed["parameters"] < iidaf["parameters"] - 10_000_000
+    assert table["vocabulary"] == str(vocabulary)
     assert "| `iidaf` |" in done.stdout and "×)" in done.stdout
 
 
@@ -47,6 +58,9 @@ def test_unknown_model_is_one_line_and_status_2():
     done = _speed("--models", "iidaf,nosuch", "--quick")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "nosuch" in done.stderr
+    done = _speed("--models", "iidaf", "--quick", "--vocabulary", "no/such.pkl")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no/such.pkl" in done.stderr
 
 
 def test_scaling_quick_writes_its_table_plot_and_growth(tmp_path):

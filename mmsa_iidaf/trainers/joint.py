@@ -22,12 +22,34 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..registry import metrics_for, model_inputs
 
 logger = logging.getLogger("MMSA")
 
 LOWER_IS_BETTER = ("Loss", "MAE")
+
+
+def fit_text_vocabulary(network, train_dataset) -> None:
+    """`text_vocabulary` "train": the network's text encoder keeps the tokens of `train_dataset`
+    (MMSA's items: "text" is `text_bert`, (3, L)) only. Done before the optimizers are made (the
+    embedding is replaced), once: a later call, or a trimmed checkpoint, keeps the vocabulary."""
+    text_encoder = getattr(network, "text_encoder", None)
+    if (text_encoder is None or getattr(text_encoder, "vocabulary", "full") != "train"
+            or text_encoder.kept_ids is not None):
+        return
+    if train_dataset is None:
+        raise ConfigError("config 'text_vocabulary' = 'train' needs the training split to fit the "
+                          "vocabulary on; fit it (`fit_text_vocabulary`) before training")
+    # Items of the dataset, not batches of the loader: iterating the loader would draw from the
+    # shuffling RNG and change the run.
+    token_ids = torch.stack([torch.as_tensor(train_dataset[i]["text"])[0]
+                             for i in range(len(train_dataset))])
+    before = sum(p.numel() for p in text_encoder.parameters())
+    kept = text_encoder.fit_vocabulary(token_ids)
+    after = sum(p.numel() for p in text_encoder.parameters())
+    logger.info(f"text vocabulary: {kept} tokens of the training split kept, the others read as "
+                f"[UNK]; text encoder {before / 1e6:.2f} M -> {after / 1e6:.2f} M parameters")
 
 
 class JointTrainer:
@@ -132,6 +154,9 @@ class JointTrainer:
 
     def do_train(self, model, dataloader, return_epoch_results: bool = False):
         args = self.args
+        # (A loader without a dataset is a benchmark's timed loader; its vocabulary is fitted
+        # when the model is built.)
+        fit_text_vocabulary(model.Model, getattr(dataloader["train"], "dataset", None))
         optimizer, disc_optimizer = self._optimizers(model.Model)
         best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
         epoch_results = {"train": [], "valid": [], "test": []}

@@ -202,7 +202,8 @@ class MultimodalEncoder(nn.Module):
         text_encoder = None
         if settings.use_bert and "t" in settings.modalities:
             text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune),
-                                       layers=int(settings.text_layers))
+                                       layers=int(settings.text_layers),
+                                       vocabulary=settings.text_vocabulary)
         return cls(
             settings.modalities, settings.feature_dims, int(settings.d_model),
             int(settings.conv_kernel), settings.enc_layers, settings.enc_heads,

@@ -34,6 +34,7 @@ DEFAULTS = {
     "mixed_precision": "none",           # or "bf16": autocast in training and evaluation (GPU)
     "temporal_stride": 1,                # [t, a, v] or one int: average every s steps first
     "text_layers": 0,                    # the text encoder's first k layers only; 0: all of them
+    "text_vocabulary": "full",           # or "train": the training split's tokens only, others [UNK]
     "preset": "full",                    # or "lite": PRESETS["lite"] over the config
     "householder_vectors": 3,
     "mic_proj_dim": 64,
@@ -77,6 +78,7 @@ CMD_SCALES = ("range", "none")
 INPUT_NORMS = ("none", "batch")
 ATTENTIONS = ("sdpa", "torch")
 HOUSEHOLDER_CONSTRUCTIONS = ("reflections", "product")
+TEXT_VOCABULARIES = ("full", "train")
 PRECISIONS = ("none", "bf16")
 TRAIN_MODES = ("regression", "classification")
 
@@ -143,6 +145,7 @@ def iidaf_settings(args) -> EasyDict:
     for key, choices in (("mask_weights", MASK_WEIGHTS), ("cmi_estimator", CMI_ESTIMATORS),
                          ("cmd_scale", CMD_SCALES), ("attention", ATTENTIONS),
                          ("householder", HOUSEHOLDER_CONSTRUCTIONS),
+                         ("text_vocabulary", TEXT_VOCABULARIES),
                          ("mixed_precision", PRECISIONS)):
         if settings[key] not in choices:
             raise ConfigError(f"config '{key}' = '{settings[key]}' must be one of {', '.join(choices)}")
