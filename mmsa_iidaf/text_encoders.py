@@ -191,15 +191,17 @@ class TextEncoder(nn.Module):
             raise ConfigError(f"token id {int(kept_ids.max())} is outside {self.pretrained}'s "
                               f"vocabulary of {self.full_vocabulary_size}: the feature file was "
                               f"tokenized for another encoder")
-        trimmed = nn.Embedding(len(kept_ids), embedding.embedding_dim, device=device,
-                               dtype=embedding.weight.dtype)
-        if self.kept_ids is None:  # (a trimmed encoder is only re-trimmed to load a checkpoint)
-            with torch.no_grad():
-                trimmed.weight.copy_(embedding.weight[kept_ids])
-        trimmed.weight.requires_grad_(embedding.weight.requires_grad)
+        # The kept rows as the new weight (a trimmed encoder is only re-trimmed to load a
+        # checkpoint, whose weights then fill it). Built from a given weight, the layer draws no
+        # random initialisation: the run's random stream stays that of the untrimmed model.
+        weight = (embedding.weight.detach()[kept_ids].clone() if self.kept_ids is None
+                  else torch.empty(len(kept_ids), embedding.embedding_dim, device=device,
+                                   dtype=embedding.weight.dtype))
         pad_id = self.model.config.pad_token_id
-        if pad_id is not None and bool((kept_ids == pad_id).any()):
-            trimmed.padding_idx = int(torch.searchsorted(kept_ids, torch.tensor(pad_id, device=device)))
+        padding_idx = (int(torch.searchsorted(kept_ids, torch.tensor(pad_id, device=device)))
+                       if pad_id is not None and bool((kept_ids == pad_id).any()) else None)
+        trimmed = nn.Embedding.from_pretrained(weight, freeze=not embedding.weight.requires_grad,
+                                               padding_idx=padding_idx)
         self.model.set_input_embeddings(trimmed)
         unk_row = int(torch.searchsorted(kept_ids, torch.tensor(unk_id, device=device)))
         row_of_id = torch.full((self.full_vocabulary_size,), unk_row, dtype=torch.long,
