@@ -452,3 +452,17 @@ def _b10():
         "lr=self.args.learning_rate)",
     )
     return [(MULT, "do_train", rewrite_method(MULT, "do_train", [edit]))]
+
+
+# --- B11: MMIM's and MCTN's `do_test` evaluate `self.model`, which only `do_train` sets: a
+# checkpoint tested by a fresh trainer (robustness, analysis) fails with AttributeError, and a
+# trainer that trained one model tests that one whatever model it is given. They test `model`.
+
+@_fix("B11", "MMIM, MCTN: do_test evaluates the model it is given")
+def _b11():
+    from MMSA.trains.singleTask.MCTN import MCTN
+    from MMSA.trains.singleTask.MMIM import MMIM
+
+    edits = [("self.model.zero_grad()", "model.zero_grad()"), ("= self.model(", "= model(")]
+    return [(trainer, "do_test", rewrite_method(trainer, "do_test", edits))
+            for trainer in (MMIM, MCTN)]

@@ -357,3 +357,25 @@ def test_tune_trials_are_scored_on_valid(tiny_mosi, run_dirs, monkeypatch):
     scored.clear()
     mmsa_run("lf_dnn", "mosi", tiny_mosi, run_dirs("fix-on"), is_tune=True, tune_times=1)
     assert scored and set(scored) == {"valid"}
+
+
+def test_b11_mmim_tests_the_model_it_is_given():
+    """MMIM's do_test evaluated `self.model`, set only by do_train: a fresh trainer testing a
+    checkpoint (robustness, analysis) died with AttributeError."""
+    from MMSA.trains.singleTask.MMIM import MMIM
+
+    class Called(Exception):
+        pass
+
+    class Given(torch.nn.Module):
+        def forward(self, *inputs):
+            raise Called
+
+    batch = {"text": torch.zeros(2, 3, 4), "audio": torch.zeros(2, 4, 5),
+             "vision": torch.zeros(2, 4, 20), "labels": {"M": torch.zeros(2)},
+             "audio_lengths": torch.full((2,), 4), "vision_lengths": torch.full((2,), 4)}
+    trainer = MMIM(model_args("mmim"))
+    with pytest.raises(Called):
+        trainer.do_test(Given(), [batch], mode="TEST")
+    with compat.disabled("B11"), pytest.raises(AttributeError, match="'model'"):
+        MMIM(model_args("mmim")).do_test(Given(), [batch], mode="TEST")
