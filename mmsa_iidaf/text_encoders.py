@@ -107,6 +107,27 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_pretrained(name))
 
 
+class LowRankEmbedding(nn.Module):
+    """A word embedding stored as two factors, ``E ≈ factors @ basis`` (ALBERT's factorized
+    embedding), started from the truncated SVD of a pretrained embedding E (V × H): factors =
+    U_r S_r (V × r), basis = V_rᵀ (r × H); by Eckart-Young the closest rank-r matrix to E. Both
+    factors train when the encoder is fine-tuned. Built from given weights: no random draw."""
+
+    def __init__(self, embedding: nn.Embedding, rank: int):
+        super().__init__()
+        weight = embedding.weight.detach()
+        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+        self.kept_energy = float((s[:rank] ** 2).sum() / (s ** 2).sum())
+        self.factors = nn.Embedding.from_pretrained((u[:, :rank] * s[:rank]).to(weight.dtype),
+                                                    freeze=False,
+                                                    padding_idx=embedding.padding_idx)
+        self.basis = nn.Parameter(vh[:rank].to(weight.dtype).clone())
+        self.embedding_dim = embedding.embedding_dim
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.factors(input_ids) @ self.basis
+
+
 class TextEncoder(nn.Module):
     """A BERT-family encoder over MMSA's ``text_bert`` layout.
 
@@ -120,14 +141,22 @@ class TextEncoder(nn.Module):
     most of a small encoder's parameters (all-MiniLM-L6-v2: 11.7 M of 22.7 M for 30,522 rows; MOSI's
     training split uses a few thousand). The kept ids are a buffer of the state dict, so a
     checkpoint restores the trimmed embedding into a freshly built encoder. "full": every row.
+
+    `embedding_rank` r > 0 keeps every token but stores the word embedding at rank r
+    (`LowRankEmbedding`: 30,522 × r + r × H parameters instead of 30,522 × H); 0: as pretrained.
     """
 
     def __init__(self, pretrained: str, finetune: bool = False, layers: int = 0,
-                 vocabulary: str = "full"):
+                 vocabulary: str = "full", embedding_rank: int = 0):
         super().__init__()
         if vocabulary not in VOCABULARIES:
             raise ConfigError(f"config 'text_vocabulary' = '{vocabulary}' must be one of "
                               f"{', '.join(VOCABULARIES)}")
+        self.embedding_rank = int(embedding_rank)
+        if self.embedding_rank and vocabulary != "full":
+            raise ConfigError(f"config 'text_embedding_rank' = {self.embedding_rank} needs "
+                              f"'text_vocabulary' = 'full' (a trimmed vocabulary is not factorized); "
+                              f"set one of them")
         self.vocabulary = vocabulary
         # Set by `fit_vocabulary` (or a trimmed checkpoint): the kept token ids, ascending, and
         # the map from a token id of the tokenizer to its row in the trimmed embedding.
@@ -154,6 +183,14 @@ class TextEncoder(nn.Module):
         finally:
             transformers_logging.set_verbosity(verbosity)
         self.full_vocabulary_size = int(config.vocab_size)
+        if self.embedding_rank:
+            width = int(config.hidden_size)
+            if not 0 < self.embedding_rank < width:
+                raise ConfigError(f"config 'text_embedding_rank' = {self.embedding_rank}: give 1 "
+                                  f"to {width - 1} ({self.pretrained}'s width is {width}), or 0 "
+                                  f"for the pretrained embedding")
+            self.model.set_input_embeddings(
+                LowRankEmbedding(self.model.get_input_embeddings(), self.embedding_rank))
         self.finetune = finetune
         if not finetune:
             self.model.requires_grad_(False)
@@ -222,9 +259,8 @@ class TextEncoder(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, text_bert: torch.Tensor) -> torch.Tensor:
-        if not self.finetune and self.kept_ids is None:
-            # (A trimmed vocabulary reads unseen tokens as [UNK]: its states are not the cached
-            # full-vocabulary ones.)
+        if not self.finetune and self.kept_ids is None and not self.embedding_rank:
+            # (A trimmed or factorized embedding gives other states than the cached ones.)
             cached = encoder_cache.lookup(self.directory, text_bert, self.layers)
             if cached is not None:
                 return cached

