@@ -154,6 +154,35 @@ def test_robustness_joins_the_table(grid, monkeypatch, mmsa_logger):
     assert "Robustness:" in (root / "results" / "compare-mosi.md").read_text()
 
 
+def test_a_failing_robustness_evaluation_is_one_line_and_keeps_the_others(
+        grid, monkeypatch, capsys, mmsa_logger):
+    root, args = grid
+    args = list(args)
+    args[args.index("--res-save-dir") + 1] = str(root / "robust_failing")
+    shutil.copytree(root / "results", root / "robust_failing")
+    (root / "robust_failing" / "robustness-mosi.csv").unlink(missing_ok=True)
+    monkeypatch.setattr(MMSA, "MMSA_run", lambda *a, **k: pytest.fail("training started"))
+    real_load = robustness.load_run
+
+    def load_but_iidaf(config, checkpoint):
+        if config["model_name"] == "iidaf":
+            raise AttributeError("'IIDAF' object has no attribute 'model'")
+        return real_load(config, checkpoint)
+
+    monkeypatch.setattr(robustness, "load_run", load_but_iidaf)
+    capsys.readouterr()
+    assert cli.main(args + ["--robustness", "missing"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert ("error: 2 run(s) failed" in err
+            and "robustness (missing) of iidaf seed 1: AttributeError" in err)
+    curves = pd.read_csv(root / "robust_failing" / "robustness-mosi.csv")
+    assert set(curves["model"]) == {"lf_dnn"} and set(curves["seed"]) == {1, 2}
+    table = pd.read_csv(root / "robust_failing" / "compare-mosi.csv").set_index("model")
+    assert table.loc["lf_dnn", "MAE_rauc_missing_all_mean"] > 0
+    assert np.isnan(table.loc["iidaf", "MAE_rauc_missing_all_mean"])
+
+
 def test_an_interrupted_grid_keeps_finished_seeds_and_resumes(workspace, monkeypatch, capsys,
                                                              mmsa_logger):
     from mmsa_iidaf.trainers.iidaf import IIDAFTrainer

@@ -192,6 +192,47 @@ def test_run_robustness_writes_the_table_and_the_figure(evaluated, rows):
     assert len(again) == len(table) - 4
 
 
+def test_a_failing_checkpoint_keeps_the_others_rows_and_the_same_call_resumes(
+        rows, tmp_path, monkeypatch):
+    from mmsa_iidaf.experiments import robustness
+
+    real_load = robustness.load_run
+
+    def load_but_iidaf(config, checkpoint):
+        if config["model_name"] == "iidaf":
+            raise AttributeError("'IIDAF' object has no attribute 'model'")
+        return real_load(config, checkpoint)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(robustness, "load_run", load_but_iidaf)
+        with pytest.raises(robustness.RobustnessFailed) as failed:
+            run_robustness(rows, "missing", tmp_path, levels=(0.0, 0.5), corruption_seed=3)
+    assert failed.value.failures == ["robustness (missing) of iidaf seed 1: AttributeError: "
+                                     "'IIDAF' object has no attribute 'model'"]
+    # iidaf is the first row: the lf_dnn seeds after it are scored and written all the same.
+    written = pd.read_csv(tmp_path / "robustness-mosi.csv")
+    assert set(written["model"]) == {"lf_dnn"} and set(written["seed"]) == {1, 2}
+    assert failed.value.table.equals(written)
+    assert (tmp_path / "robustness-mosi.png").is_file()
+
+    # The same call again scores only what is missing (iidaf): lf_dnn's rows are read back.
+    scored = []
+    real_evaluate = robustness.evaluate_row
+    with monkeypatch.context() as patch:
+        patch.setattr(robustness, "evaluate_row",
+                      lambda row, *args: scored.append(row["model"]) or real_evaluate(row, *args))
+        table = run_robustness(rows, "missing", tmp_path, levels=(0.0, 0.5), corruption_seed=3)
+    assert scored == ["iidaf"]
+    assert len(table) == len(pd.read_csv(tmp_path / "robustness-mosi.csv")) == 3 * 4 * 2
+    # Other levels are another evaluation: scored again, and they replace the earlier rows.
+    scored.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(robustness, "evaluate_row",
+                      lambda row, *args: scored.append(row["model"]) or real_evaluate(row, *args))
+        run_robustness(rows, "missing", tmp_path, levels=(0.0, 0.9), corruption_seed=3)
+    assert scored == ["iidaf", "lf_dnn", "lf_dnn"]
+
+
 def test_level_zero_reproduces_the_clean_scores(evaluated, rows):
     table = pd.concat([evaluated["missing"], evaluated["noise"]])
     clean = table[table["level"] == 0]

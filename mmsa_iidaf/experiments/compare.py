@@ -233,20 +233,28 @@ def build_table(entries: list[Entry], dataset: str, res_save_dir,
 
 
 def add_robustness(table: pd.DataFrame, metrics: list[str], entries: list[Entry],
-                   dataset: str, res_save_dir, seeds, kinds: list[str]) -> pd.DataFrame:
+                   dataset: str, res_save_dir, seeds, kinds: list[str]
+                   ) -> tuple[pd.DataFrame, list[str]]:
     """The table with, per model, the relative area under each robustness curve of `kinds`
-    (MAE's where the dataset has it); writes `robustness-{dataset}.csv` and `.png`."""
-    from .robustness import robustness_summary, run_robustness
+    (MAE's where the dataset has it), and the checkpoints whose evaluation failed; writes
+    `robustness-{dataset}.csv` and `.png`, checkpoint by checkpoint."""
+    from .robustness import RobustnessFailed, robustness_summary, run_robustness
 
     rows = pd.concat([finished(e, dataset, res_save_dir, seeds) for e in entries],
                      ignore_index=True)
     executors.fetch_checkpoints(rows)
-    curves = pd.concat([run_robustness(rows, kind, res_save_dir) for kind in kinds],
-                       ignore_index=True)
+    curves, failures = [], []
+    for kind in kinds:
+        try:
+            curves.append(run_robustness(rows, kind, res_save_dir))
+        except RobustnessFailed as failed:
+            curves.append(failed.table)
+            failures.extend(failed.failures)
+    curves = pd.concat(curves, ignore_index=True)
     if curves.empty:
-        return table
+        return table, failures
     summary = robustness_summary(curves, "MAE" if "MAE" in metrics else metrics[0])
-    return table.merge(summary, on="model", how="left")
+    return table.merge(summary, on="model", how="left"), failures
 
 
 def _value(mean: float, std: float) -> str:
@@ -378,23 +386,27 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
         # says how far it got); the same command resumes the rest.
         write_tables(entries, dataset, res_save_dir, seeds, command)
         raise ComparisonInterrupted(Path(res_save_dir) / f"compare-{dataset}.md") from None
-    table = write_tables(entries, dataset, res_save_dir, seeds, command, robustness)
-    if outcome.failures:
-        raise RunsFailed(outcome.failures, Path(res_save_dir) / f"compare-{dataset}.md")
+    table, robustness_failures = write_tables(entries, dataset, res_save_dir, seeds, command,
+                                              robustness)
+    if outcome.failures or robustness_failures:
+        raise RunsFailed(outcome.failures + robustness_failures,
+                         Path(res_save_dir) / f"compare-{dataset}.md")
     return table
 
 
 def write_tables(entries: list[Entry], dataset: str, res_save_dir, seeds, command: str,
-                 robustness: list[str] = ()) -> pd.DataFrame:
+                 robustness: list[str] = ()) -> tuple[pd.DataFrame, list[str]]:
     """`compare-{dataset}.csv` and `.md` from the finished seeds rows (with the robustness
-    areas of `robustness`'s kinds); returns the table."""
+    areas of `robustness`'s kinds); returns the table and the failed robustness evaluations."""
     table, metrics = build_table(entries, dataset, res_save_dir, seeds)
+    failures = []
     if robustness:
-        table = add_robustness(table, metrics, entries, dataset, res_save_dir, seeds, robustness)
+        table, failures = add_robustness(table, metrics, entries, dataset, res_save_dir, seeds,
+                                         robustness)
     res_dir = Path(res_save_dir)
     res_dir.mkdir(parents=True, exist_ok=True)
     _write(res_dir / f"compare-{dataset}.csv", lambda path: table.to_csv(path, index=False))
     text = markdown(table, metrics, dataset=dataset, command=command, entry=entries[0],
                     seeds=seeds)
     _write(res_dir / f"compare-{dataset}.md", lambda path: path.write_text(text))
-    return table
+    return table, failures

@@ -196,6 +196,15 @@ def _label(row) -> str:
     return name if isinstance(name, str) and name else row["model"]
 
 
+class RobustnessFailed(RuntimeError):
+    """Checkpoints whose robustness evaluation raised; the rows of the others are written to
+    `paths` and are `table`."""
+
+    def __init__(self, failures: list[str], paths: list[Path], table: pd.DataFrame):
+        self.failures, self.paths, self.table = failures, paths, table
+        super().__init__("; ".join(failures))
+
+
 def evaluate_row(row, kind: str, levels: Iterable[float], corruption_seed: int) -> list[dict]:
     """Every (setting, level) of one seeds row's checkpoint on its test split."""
     config = json.loads(row["config"])
@@ -220,50 +229,96 @@ def evaluate_row(row, kind: str, levels: Iterable[float], corruption_seed: int) 
                             "dataset": config["dataset_name"], "modality": setting,
                             "kind": kind, "level": float(level), "corrupted": letters,
                             "corruption_seed": corruption_seed,
+                            "run_finished_at": row.get("finished_at"),
                             **{k: float(v) for k, v in scores.items()}})
     return records
+
+
+def _scored_before(earlier: pd.DataFrame, row, kind: str, levels: list[float],
+                   corruption_seed: int) -> pd.DataFrame | None:
+    """The rows of `earlier` that already score this checkpoint (the same run, by its finish
+    time) under `kind` at exactly `levels` with `corruption_seed`; None when there are none."""
+    if earlier.empty or "run_finished_at" not in earlier:
+        return None
+    part = earlier[(earlier["model"] == _label(row)) & (earlier["seed"] == int(row["seed"]))
+                   & (earlier["kind"] == kind)]
+    if (part.empty or set(part["run_finished_at"].astype(str)) != {str(row.get("finished_at"))}
+            or set(part["corruption_seed"]) != {corruption_seed}
+            or sorted(set(part["level"].round(6))) != sorted(round(x, 6) for x in levels)):
+        return None
+    return part
+
+
+def _save(records: list[dict], path: Path) -> None:
+    """Merge one checkpoint's rows into `path`: earlier rows of the same model, seed and kind
+    replaced, others kept."""
+    part = pd.DataFrame(records)
+    if path.is_file():
+        earlier = pd.read_csv(path)
+        replaced = earlier.set_index(["model", "seed", "kind"]).index.isin(
+            part.set_index(["model", "seed", "kind"]).index)
+        part = pd.concat([earlier[~replaced], part], ignore_index=True)
+    part.to_csv(path, index=False)
 
 
 def run_robustness(rows, kind: str, res_dir, levels: Iterable[float] = LEVELS,
                    corruption_seed: int = 0) -> pd.DataFrame:
     """Evaluate the checkpoint of every seeds row (a DataFrame of rows, or dicts) under `kind`
     ('missing' or 'noise') at `levels`; rows whose checkpoint file is gone are skipped with a
-    warning. Writes, per dataset, `robustness-{dataset}.csv` in `res_dir` (earlier rows of the
-    same model, seed and kind replaced, others kept) and its figure `robustness-{dataset}.png`.
-    Returns this call's rows: model, seed, dataset, modality, kind, level, corrupted,
-    corruption_seed and every metric of the model's trainer."""
+    warning. Each checkpoint's rows go into `robustness-{dataset}.csv` in `res_dir` as soon as it
+    is scored (earlier rows of the same model, seed and kind replaced, others kept), so an
+    interrupted or failing call keeps what it scored, and a checkpoint already scored there (the
+    same run, kind, levels and corruption seed) is read back, not scored again: the same call
+    resumes. Then the figure `robustness-{dataset}.png`. Returns this call's rows: model, seed,
+    dataset, modality, kind, level, corrupted, corruption_seed, run_finished_at and every metric
+    of the model's trainer. Raises `RobustnessFailed`, after writing, when some checkpoint's
+    evaluation raised."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    levels = [float(level) for level in levels]
     rows = [row for _, row in rows.iterrows()] if isinstance(rows, pd.DataFrame) else list(rows)
-    records = []
+    res_dir = Path(res_dir)
+    parts, failures, paths = [], [], set()
     for row in rows:
         checkpoint = row_checkpoint(row)
         if not checkpoint.is_file():
             logger.warning(f"robustness: no checkpoint {checkpoint} for {_label(row)} seed "
                            f"{row['seed']}; skipped")
             continue
-        records.extend(evaluate_row(row, kind, levels, corruption_seed))
-    table = pd.DataFrame(records)
-    if table.empty:
-        return table
-    res_dir = Path(res_dir)
-    res_dir.mkdir(parents=True, exist_ok=True)
-    for dataset, part in table.groupby("dataset"):
-        path = res_dir / f"robustness-{dataset}.csv"
-        if path.is_file():
-            earlier = pd.read_csv(path)
-            replaced = earlier.set_index(["model", "seed", "kind"]).index.isin(
-                part.set_index(["model", "seed", "kind"]).index)
-            part = pd.concat([earlier[~replaced], part], ignore_index=True)
-        part.to_csv(path, index=False)
-        robustness_figure(part, res_dir / f"robustness-{dataset}.png")
+        path = res_dir / f"robustness-{row['dataset']}.csv"
+        earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+        scored = _scored_before(earlier, row, kind, levels, corruption_seed)
+        if scored is not None:
+            logger.info(f"robustness: {_label(row)} seed {row['seed']} ({kind}) already in "
+                        f"{path}; kept")
+            parts.append(scored)
+            paths.add(path)
+            continue
+        try:
+            records = evaluate_row(row, kind, levels, corruption_seed)
+        except Exception as error:  # noqa: BLE001 - one checkpoint's failure ends only its own
+            # The traceback to the log file; the user gets one line per failure at the end.
+            logger.debug(f"robustness: {_label(row)} seed {row['seed']} failed", exc_info=True)
+            failures.append(f"robustness ({kind}) of {_label(row)} seed {row['seed']}: "
+                            f"{type(error).__name__}: {error}")
+            continue
+        res_dir.mkdir(parents=True, exist_ok=True)
+        _save(records, path)
+        parts.append(pd.DataFrame(records))
+        paths.add(path)
+    for path in sorted(paths):
+        robustness_figure(pd.read_csv(path), path.with_suffix(".png"))
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if failures:
+        raise RobustnessFailed(failures, sorted(paths), table)
     return table
 
 
 def _metric_for(table: pd.DataFrame) -> str:
     return "MAE" if "MAE" in table else next(
         c for c in table.columns if c not in ("model", "seed", "dataset", "modality", "kind",
-                                              "level", "corrupted", "corruption_seed", "Loss"))
+                                              "level", "corrupted", "corruption_seed",
+                                              "run_finished_at", "Loss"))
 
 
 def robustness_figure(table: pd.DataFrame, path, metric: str | None = None) -> None:
