@@ -178,8 +178,18 @@ def training_vocabulary(loaders: dict, vocabulary_file: Path | None):
     file's with `--vocabulary` (the parameter count of a run on it), else the synthetic data's."""
     if vocabulary_file is None:
         return loaders["train"].dataset
-    with open(vocabulary_file, "rb") as handle:
-        return [{"text": row} for row in pickle.load(handle)["train"]["text_bert"]]
+    return [{"text": row} for row in training_token_ids(vocabulary_file)]
+
+
+def training_token_ids(feature_file: Path):
+    """The train split's `text_bert` of an MMSA pickle, or UserError in one line."""
+    try:
+        with open(feature_file, "rb") as handle:
+            return pickle.load(handle)["train"]["text_bert"]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+        raise UserError(f"--vocabulary {feature_file}: not an MMSA pickle whose train split has "
+                        f"text_bert ({type(error).__name__}: {error}); give such a feature file, "
+                        f"or drop the option") from None
 
 
 def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
@@ -498,9 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         for _, name, _ in models:
             registry.check_names(name, DATASET)
         check_device(options.device)
-        if options.vocabulary and not options.vocabulary.is_file():
-            raise UserError(f"--vocabulary {options.vocabulary}: no such feature file; give an "
-                            f"MMSA pickle whose train split has text_bert, or drop the option")
+        if options.vocabulary:
+            training_token_ids(options.vocabulary)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ MISA; a bad model name is one line and status 2. No test asserts a time."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -54,13 +55,18 @@ def test_quick_json_has_every_figure_and_the_ratios_to_misa(tmp_path):
     assert "| `iidaf` |" in done.stdout and "×)" in done.stdout
 
 
-def test_unknown_model_is_one_line_and_status_2():
+def test_unknown_model_is_one_line_and_status_2(tmp_path):
     done = _speed("--models", "iidaf,nosuch", "--quick")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "nosuch" in done.stderr
     done = _speed("--models", "iidaf", "--quick", "--vocabulary", "no/such.pkl")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no/such.pkl" in done.stderr
+    without_text = tmp_path / "no_text.pkl"
+    without_text.write_bytes(pickle.dumps({"train": {"audio": [0.0]}}))
+    done = _speed("--models", "iidaf", "--quick", "--vocabulary", str(without_text))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "KeyError: 'text_bert'" in done.stderr
 
 
 def test_scaling_quick_writes_its_table_plot_and_growth(tmp_path):
