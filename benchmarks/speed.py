@@ -143,9 +143,11 @@ def model_overrides(model_name: str, overrides: list[tuple[str, object]]) -> dic
 
 
 def parse_models(text: str) -> list[tuple[str, str, dict]]:
-    """'iidaf,iidaf[attention=torch;lite=1],misa' -> [(label, model name, overrides)]."""
+    """'iidaf,iidaf[attention=torch;enc_layers=[1,1,1]],misa' -> [(label, model name,
+    overrides)]; a value may be a JSON list (one level of brackets)."""
     specs = []
-    for match in re.finditer(r"\s*([^,\[\]]+?)\s*(?:\[([^\]]*)\])?\s*(?:,|$)", text):
+    for match in re.finditer(r"\s*([^,\[\]]+?)\s*(?:\[((?:[^\[\]]|\[[^\[\]]*\])*)\])?\s*(?:,|$)",
+                             text):
         name, inside = match.group(1).lower(), match.group(2)
         if not name:
             continue

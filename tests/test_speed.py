@@ -83,3 +83,17 @@ def test_scaling_quick_writes_its_table_plot_and_growth(tmp_path):
     assert all(p["epoch_s"] > 0 and p["peak_rss_mb"] > 0 for p in points)
     assert "N^" in (tmp_path / "scaling.md").read_text()
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
+
+
+def test_model_specs_take_list_values(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "speed", speed)  # its dataclasses look their module up
+    spec.loader.exec_module(speed)
+    specs = speed.parse_models("iidaf, iidaf[d_model=64;enc_layers=[1,1,1];text_layers=5],misa")
+    assert [(name, settings) for _, name, settings in specs] == [
+        ("iidaf", {}), ("iidaf", {"d_model": 64, "enc_layers": [1, 1, 1], "text_layers": 5}),
+        ("misa", {})]
+    assert specs[1][0] == "iidaf[d_model=64;enc_layers=[1,1,1];text_layers=5]"
