@@ -107,25 +107,31 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_pretrained(name))
 
 
-class LowRankEmbedding(nn.Module):
-    """A word embedding stored as two factors, ``E ≈ factors @ basis`` (ALBERT's factorized
-    embedding), started from the truncated SVD of a pretrained embedding E (V × H): factors =
-    U_r S_r (V × r), basis = V_rᵀ (r × H); by Eckart-Young the closest rank-r matrix to E. Both
-    factors train when the encoder is fine-tuned. Built from given weights: no random draw."""
+class SplitEmbedding(nn.Module):
+    """A word embedding whose first `len(kept)` rows are whole (trainable as before) and whose
+    other rows are stored at rank r: ``factors @ basis``, started from the truncated SVD of those
+    rows of the pretrained embedding (by Eckart-Young the closest rank-r matrix to them), frozen
+    (the trimmed vocabulary's unseen tokens get no gradient in training anyway). Indices are
+    rows: kept first, then the others. Built from given weights: no random draw."""
 
-    def __init__(self, embedding: nn.Embedding, rank: int):
+    def __init__(self, kept: torch.Tensor, others: torch.Tensor, rank: int, trainable: bool,
+                 padding_idx: int | None = None):
         super().__init__()
-        weight = embedding.weight.detach()
-        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
-        self.kept_energy = float((s[:rank] ** 2).sum() / (s ** 2).sum())
-        self.factors = nn.Embedding.from_pretrained((u[:, :rank] * s[:rank]).to(weight.dtype),
-                                                    freeze=False,
-                                                    padding_idx=embedding.padding_idx)
-        self.basis = nn.Parameter(vh[:rank].to(weight.dtype).clone())
-        self.embedding_dim = embedding.embedding_dim
+        self.kept = nn.Embedding.from_pretrained(kept, freeze=not trainable,
+                                                 padding_idx=padding_idx)
+        u, s, vh = torch.linalg.svd(others.double(), full_matrices=False)
+        total = float((s ** 2).sum())  # 0 when built empty, to receive a checkpoint
+        self.kept_energy = float((s[:rank] ** 2).sum()) / total if total else float("nan")
+        self.factors = nn.Parameter((u[:, :rank] * s[:rank]).to(others.dtype),
+                                    requires_grad=False)
+        self.basis = nn.Parameter(vh[:rank].to(others.dtype).clone(), requires_grad=False)
+        self.embedding_dim = kept.shape[1]
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.factors(input_ids) @ self.basis
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        count = self.kept.num_embeddings
+        whole = self.kept(rows.clamp(max=count - 1))
+        low_rank = nn.functional.embedding((rows - count).clamp(min=0), self.factors) @ self.basis
+        return torch.where((rows < count).unsqueeze(-1), whole, low_rank)
 
 
 class TextEncoder(nn.Module):
@@ -142,21 +148,22 @@ class TextEncoder(nn.Module):
     training split uses a few thousand). The kept ids are a buffer of the state dict, so a
     checkpoint restores the trimmed embedding into a freshly built encoder. "full": every row.
 
-    `embedding_rank` r > 0 keeps every token but stores the word embedding at rank r
-    (`LowRankEmbedding`: 30,522 × r + r × H parameters instead of 30,522 × H); 0: as pretrained.
+    `unseen_rank` r > 0 (with "train"): the other tokens are not read as [UNK] but through their
+    pretrained rows at rank r (`SplitEmbedding`: (V − K) × r + r × H parameters for them instead
+    of (V − K) × H); 0: [UNK].
     """
 
     def __init__(self, pretrained: str, finetune: bool = False, layers: int = 0,
-                 vocabulary: str = "full", embedding_rank: int = 0):
+                 vocabulary: str = "full", unseen_rank: int = 0):
         super().__init__()
         if vocabulary not in VOCABULARIES:
             raise ConfigError(f"config 'text_vocabulary' = '{vocabulary}' must be one of "
                               f"{', '.join(VOCABULARIES)}")
-        self.embedding_rank = int(embedding_rank)
-        if self.embedding_rank and vocabulary != "full":
-            raise ConfigError(f"config 'text_embedding_rank' = {self.embedding_rank} needs "
-                              f"'text_vocabulary' = 'full' (a trimmed vocabulary is not factorized); "
-                              f"set one of them")
+        self.unseen_rank = int(unseen_rank)
+        if self.unseen_rank and vocabulary != "train":
+            raise ConfigError(f"config 'text_unseen_rank' = {self.unseen_rank} needs "
+                              f"'text_vocabulary' = 'train' (with every token kept, none is "
+                              f"unseen); set text_vocabulary=train or text_unseen_rank=0")
         self.vocabulary = vocabulary
         # Set by `fit_vocabulary` (or a trimmed checkpoint): the kept token ids, ascending, and
         # the map from a token id of the tokenizer to its row in the trimmed embedding.
@@ -183,14 +190,11 @@ class TextEncoder(nn.Module):
         finally:
             transformers_logging.set_verbosity(verbosity)
         self.full_vocabulary_size = int(config.vocab_size)
-        if self.embedding_rank:
-            width = int(config.hidden_size)
-            if not 0 < self.embedding_rank < width:
-                raise ConfigError(f"config 'text_embedding_rank' = {self.embedding_rank}: give 1 "
-                                  f"to {width - 1} ({self.pretrained}'s width is {width}), or 0 "
-                                  f"for the pretrained embedding")
-            self.model.set_input_embeddings(
-                LowRankEmbedding(self.model.get_input_embeddings(), self.embedding_rank))
+        width = int(config.hidden_size)
+        if self.unseen_rank and not 0 < self.unseen_rank < width:
+            raise ConfigError(f"config 'text_unseen_rank' = {self.unseen_rank}: give 1 to "
+                              f"{width - 1} ({self.pretrained}'s width is {width}), or 0 to read "
+                              f"unseen tokens as [UNK]")
         self.finetune = finetune
         if not finetune:
             self.model.requires_grad_(False)
@@ -221,7 +225,8 @@ class TextEncoder(nn.Module):
 
     def _trim_embedding(self, kept_ids: torch.Tensor, unk_id: int) -> None:
         embedding = self.model.get_input_embeddings()
-        device = embedding.weight.device
+        template = next(embedding.parameters())  # (a trimmed embedding has no single weight)
+        device, dtype, width = template.device, template.dtype, embedding.embedding_dim
         kept_ids = kept_ids.long().to(device)
         if int(kept_ids.max()) >= self.full_vocabulary_size:
             raise ConfigError(f"token id {int(kept_ids.max())} is outside {self.pretrained}'s "
@@ -230,19 +235,30 @@ class TextEncoder(nn.Module):
         # The kept rows as the new weight (a trimmed encoder is only re-trimmed to load a
         # checkpoint, whose weights then fill it). Built from a given weight, the layer draws no
         # random initialisation: the run's random stream stays that of the untrimmed model.
-        weight = (embedding.weight.detach()[kept_ids].clone() if self.kept_ids is None
-                  else torch.empty(len(kept_ids), embedding.embedding_dim, device=device,
-                                   dtype=embedding.weight.dtype))
+        restoring = self.kept_ids is not None
+        weight = (torch.empty(len(kept_ids), width, device=device, dtype=dtype) if restoring
+                  else embedding.weight.detach()[kept_ids].clone())
         pad_id = self.model.config.pad_token_id
         padding_idx = (int(torch.searchsorted(kept_ids, torch.tensor(pad_id, device=device)))
                        if pad_id is not None and bool((kept_ids == pad_id).any()) else None)
-        trimmed = nn.Embedding.from_pretrained(weight, freeze=not embedding.weight.requires_grad,
-                                               padding_idx=padding_idx)
-        self.model.set_input_embeddings(trimmed)
-        unk_row = int(torch.searchsorted(kept_ids, torch.tensor(unk_id, device=device)))
-        row_of_id = torch.full((self.full_vocabulary_size,), unk_row, dtype=torch.long,
-                               device=device)
+        unseen = torch.ones(self.full_vocabulary_size, dtype=torch.bool, device=device)
+        unseen[kept_ids] = False
+        unseen_ids = unseen.nonzero().squeeze(1)
+        row_of_id = torch.empty(self.full_vocabulary_size, dtype=torch.long, device=device)
         row_of_id[kept_ids] = torch.arange(len(kept_ids), device=device)
+        if self.unseen_rank:
+            # Unseen tokens: rows len(kept) onwards, their pretrained vectors at rank r (on a
+            # restore, the SVD of the pretrained rows is replaced by the checkpoint's factors).
+            others = (torch.zeros(len(unseen_ids), width, device=device, dtype=dtype) if restoring
+                      else embedding.weight.detach()[unseen_ids])
+            trimmed = SplitEmbedding(weight, others, self.unseen_rank, self.finetune, padding_idx)
+            row_of_id[unseen_ids] = len(kept_ids) + torch.arange(len(unseen_ids), device=device)
+        else:
+            trimmed = nn.Embedding.from_pretrained(weight, freeze=not self.finetune,
+                                                   padding_idx=padding_idx)
+            row_of_id[unseen_ids] = int(torch.searchsorted(kept_ids,
+                                                           torch.tensor(unk_id, device=device)))
+        self.model.set_input_embeddings(trimmed)
         self.register_buffer("kept_ids", kept_ids.clone())
         # Derived from kept_ids, so not saved; a buffer so that `.to(device)` moves it.
         self.register_buffer("row_of_id", row_of_id, persistent=False)
@@ -259,8 +275,9 @@ class TextEncoder(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, text_bert: torch.Tensor) -> torch.Tensor:
-        if not self.finetune and self.kept_ids is None and not self.embedding_rank:
-            # (A trimmed or factorized embedding gives other states than the cached ones.)
+        if not self.finetune and self.kept_ids is None:
+            # (A trimmed vocabulary reads unseen tokens otherwise: its states are not the cached
+            # full-vocabulary ones.)
             cached = encoder_cache.lookup(self.directory, text_bert, self.layers)
             if cached is not None:
                 return cached

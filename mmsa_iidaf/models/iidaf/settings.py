@@ -39,7 +39,7 @@ DEFAULTS = {
     # parameters for the lite body, but Corr 0.740 -> 0.672 on mosi_utt (8 % of test tokens are
     # unseen in training; benchmarks/lite_selection.md): off by default, not in the lite preset.
     "text_vocabulary": "full",
-    "text_embedding_rank": 0,            # r > 0: the word embedding at rank r (its truncated SVD)
+    "text_unseen_rank": 0,               # with "train": other tokens at rank r, not [UNK]; 0: [UNK]
     "preset": "full",                    # or "lite": PRESETS["lite"] over the config
     "householder_vectors": 3,
     "mic_proj_dim": 64,
@@ -117,9 +117,9 @@ def iidaf_settings(args) -> EasyDict:
     if int(settings.text_layers) < 0:
         raise ConfigError(f"config 'text_layers' = {settings.text_layers} must be >= 0 "
                           f"(0: every layer of the text encoder)")
-    if int(settings.text_embedding_rank) < 0:
-        raise ConfigError(f"config 'text_embedding_rank' = {settings.text_embedding_rank} must "
-                          f"be >= 0 (0: the pretrained embedding)")
+    if int(settings.text_unseen_rank) < 0:
+        raise ConfigError(f"config 'text_unseen_rank' = {settings.text_unseen_rank} must be "
+                          f">= 0 (0: tokens unseen in training read as [UNK])")
     if min(settings.temporal_stride.values()) < 1:
         raise ConfigError(f"config 'temporal_stride' = {args.get('temporal_stride')} must be "
                           f">= 1 for every modality")
