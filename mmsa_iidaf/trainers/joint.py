@@ -48,8 +48,10 @@ def fit_text_vocabulary(network, train_dataset) -> None:
     before = sum(p.numel() for p in text_encoder.parameters())
     kept = text_encoder.fit_vocabulary(token_ids)
     after = sum(p.numel() for p in text_encoder.parameters())
-    logger.info(f"text vocabulary: {kept} tokens of the training split kept, the others read as "
-                f"[UNK]; text encoder {before / 1e6:.2f} M -> {after / 1e6:.2f} M parameters")
+    others = (f"at rank {text_encoder.unseen_rank}" if text_encoder.unseen_rank
+              else "read as [UNK]")
+    logger.info(f"text vocabulary: {kept} tokens of the training split kept, the others {others}; "
+                f"text encoder {before / 1e6:.2f} M -> {after / 1e6:.2f} M parameters")
 
 
 class JointTrainer:
