@@ -111,9 +111,9 @@ class SplitEmbedding(nn.Module):
     """A word embedding whose first `len(kept)` rows are whole (trainable as before) and whose
     other rows are stored at rank r: ``factors @ basis``, those rows of the pretrained embedding
     projected on their top r right singular vectors (their truncated SVD: by Eckart-Young the
-    closest rank-r matrix to them), frozen
-    (the trimmed vocabulary's unseen tokens get no gradient in training anyway). Indices are
-    rows: kept first, then the others. Built from given weights: no random draw."""
+    closest rank-r matrix to them), frozen (the trimmed vocabulary's unseen tokens get no
+    gradient in training anyway). Indices are rows: kept first, then the others. Built from
+    given weights: no random draw."""
 
     def __init__(self, kept: torch.Tensor, others: torch.Tensor, rank: int, trainable: bool,
                  padding_idx: int | None = None):
@@ -257,7 +257,7 @@ class TextEncoder(nn.Module):
         row_of_id[kept_ids] = torch.arange(len(kept_ids), device=device)
         if self.unseen_rank:
             # Unseen tokens: rows len(kept) onwards, their pretrained vectors at rank r (on a
-            # restore, the SVD of the pretrained rows is replaced by the checkpoint's factors).
+            # restore, the checkpoint's factors replace the projection of the pretrained rows).
             others = (torch.zeros(len(unseen_ids), width, device=device, dtype=dtype) if restoring
                       else embedding.weight.detach()[unseen_ids])
             trimmed = SplitEmbedding(weight, others, self.unseen_rank, self.finetune, padding_idx)
