@@ -22,8 +22,8 @@ def cache_frozen_text(dataset) -> None:
         layers = 0
         if args.get("model_name") in registry.MODELS:
             settings = iidaf_settings(args)
-            if settings.text_vocabulary != "full":
-                return  # the encoder's own embedding: no cached states to read
+            if settings.text_vocabulary != "full" or int(settings.text_ffn_width):
+                return  # the encoder's own embedding or layers: no cached states to read
             layers = int(settings.text_layers)
         encoder_cache.precompute(args["pretrained"], dataset.text, layers)
 
