@@ -143,6 +143,13 @@ class SplitEmbedding(nn.Module):
         return torch.where((rows < count).unsqueeze(-1), whole, low_rank)
 
 
+def computes_pretrained_states(vocabulary: str, ffn_width: int) -> bool:
+    """Whether an encoder with these settings computes the pretrained encoder's states (at its
+    layers), which `encoder_cache` holds: the training split's vocabulary reads unseen tokens
+    otherwise, and cut feed-forward layers compute other states."""
+    return vocabulary == "full" and not int(ffn_width)
+
+
 def keep_widest_ffn_units(model: nn.Module, width: int) -> None:
     """Cut every feed-forward layer of a BERT-family `model` to the `width` units of largest
     ‖w_in‖ · ‖w_out‖ (the unit's input row and output column, whose product bounds what the unit
@@ -314,9 +321,7 @@ class TextEncoder(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, text_bert: torch.Tensor) -> torch.Tensor:
-        if not self.finetune and self.kept_ids is None and not self.ffn_width:
-            # (A trimmed vocabulary reads unseen tokens otherwise, and cut feed-forward layers
-            # compute other states: neither is the cached full encoder.)
+        if not self.finetune and computes_pretrained_states(self.vocabulary, self.ffn_width):
             cached = encoder_cache.lookup(self.directory, text_bert, self.layers)
             if cached is not None:
                 return cached

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import compat, encoder_cache, registry, runs
 from .models.iidaf.settings import iidaf_settings
+from .text_encoders import computes_pretrained_states
 
 _installed = False
 
@@ -22,8 +23,9 @@ def cache_frozen_text(dataset) -> None:
         layers = 0
         if args.get("model_name") in registry.MODELS:
             settings = iidaf_settings(args)
-            if settings.text_vocabulary != "full" or int(settings.text_ffn_width):
-                return  # the encoder's own embedding or layers: no cached states to read
+            if not computes_pretrained_states(settings.text_vocabulary,
+                                              settings.text_ffn_width):
+                return  # no cached states to read
             layers = int(settings.text_layers)
         encoder_cache.precompute(args["pretrained"], dataset.text, layers)
 
