@@ -10,7 +10,9 @@ checkpoint, `early_stop` epochs without one end training. The test split is neve
 A model for this trainer returns a dict with 'M' (and any other outputs its objective reads) and
 has `main_parameters()`, `text_encoder_parameters()` and `discriminator_parameters()`; its
 objective has `task_targets`, `task_loss` and `__call__` (a dict of terms with 'total' and 'L_T').
-IIDAF's trainer adds modality selection and diagnostics (`trainers/iidaf.py`).
+IIDAF's trainer adds modality selection and diagnostics (`trainers/iidaf.py`). With
+`distill_from`, each batch's loss adds `distill_weight` × L_KD, the task loss against a finished
+run's predictions (`trainers/distill.py`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, TrainingDiverged
 from ..registry import metrics_for, model_inputs
+from .distill import teacher_predictions, teacher_targets
 
 logger = logging.getLogger("MMSA")
 
@@ -62,6 +65,7 @@ class JointTrainer:
         self.objective = self.objective_class(args)
         self.metrics = metrics_for(args)
         self.lower_is_better = args.KeyEval in LOWER_IS_BETTER
+        self.teacher = None  # {training sample id: prediction} with `distill_from`
 
     # --- training ------------------------------------------------------------------------
 
@@ -112,6 +116,11 @@ class JointTrainer:
 
             with self.precision():
                 losses = self.objective(network, outputs, labels)
+                if self.teacher is not None:
+                    taught = teacher_targets(self.teacher, batch["id"], outputs["M"])
+                    losses["L_KD"] = self.objective.task_loss(outputs["M"], taught)
+                    losses["total"] = (losses["total"]
+                                       + float(args.get("distill_weight", 1.0)) * losses["L_KD"])
             if not torch.isfinite(losses["total"]):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 # Before the first validated epoch there is no good checkpoint to point to.
@@ -142,7 +151,8 @@ class JointTrainer:
         results["Loss"] = means["L_T"]
         parts = sorted(key for key in means if "[" in key)  # a term per pair or per modality
         named = [key for key in self.objective.terms if key in means]
-        terms = " ".join(f"{key}: {means[key]:.4f}" for key in ("total", *named, "L_critic", *parts)
+        terms = " ".join(f"{key}: {means[key]:.4f}"
+                         for key in ("total", *named, "L_critic", "L_KD", *parts)
                          if key in means)
         logger.info(f"TRAIN-({args.model_name}) epoch {epoch} seed {args.seed} >> {terms}")
         inert = [key for key in self.objective.terms if key in in_graph and key not in moved]
@@ -159,6 +169,7 @@ class JointTrainer:
         # (A loader without a dataset is a benchmark's timed loader; its vocabulary is fitted
         # when the model is built.)
         fit_text_vocabulary(model.Model, getattr(dataloader["train"], "dataset", None))
+        self.teacher = teacher_predictions(args)
         optimizer, disc_optimizer = self._optimizers(model.Model)
         best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
         epoch_results = {"train": [], "valid": [], "test": []}

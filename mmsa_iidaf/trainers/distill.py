@@ -1,0 +1,91 @@
+"""Distillation from a finished run: the student learns the teacher's predictions as well as the
+labels (regression).
+
+`distill_from`: the results folder (`--res-save-dir`) of a finished run of `distill_model`
+(default "iidaf") on the same feature file. The teacher is that run's seed with the student's
+seed, rebuilt from its seeds row and checkpoint (`analysis/checkpoint.py`, as the robustness and
+interpretability commands rebuild runs); its prediction for every training sample is computed once
+before training. The trainer then adds `distill_weight` × L_KD to each batch's loss, L_KD being
+the task loss L_T between the student's prediction and the teacher's. Validation and test read the
+labels only: the teacher never sees them, and its checkpoint was chosen on validation alone.
+"""
+from __future__ import annotations
+
+import json
+import random
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import ConfigError
+
+
+@contextmanager
+def _untouched_random_state():
+    """Building the teacher (its weights before loading, its loaders) draws random numbers: the
+    student's stream stays as if no teacher had been built."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def teacher_seed_row(args) -> pd.Series:
+    """The seeds row of the teacher: `{distill_from}/{distill_model}-{dataset}-seeds.csv`, the
+    newest row of the student's seed."""
+    folder = Path(str(args["distill_from"])).expanduser()
+    name = str(args.get("distill_model", "iidaf"))
+    seeds_csv = folder / f"{name}-{args['dataset_name']}-seeds.csv"
+    if not seeds_csv.is_file():
+        raise ConfigError(f"config 'distill_from' = '{folder}' holds no {seeds_csv.name}: give the "
+                          f"--res-save-dir of a finished '{name}' run on {args['dataset_name']} "
+                          f"(or set distill_model)")
+    rows = pd.read_csv(seeds_csv)
+    rows = rows[rows["seed"] == int(args["seed"])]
+    if not len(rows):
+        raise ConfigError(f"{seeds_csv} has no seed {args['seed']}: train the teacher with "
+                          f"-s {args['seed']} first, or distill only the seeds it has")
+    return rows.iloc[-1]
+
+
+def teacher_predictions(args) -> dict[str, float] | None:
+    """{training sample id: the teacher's prediction}, or None without `distill_from`."""
+    if not args.get("distill_from"):
+        return None
+    if args.get("train_mode", "regression") != "regression":
+        raise ConfigError("config 'distill_from' distils a regression teacher; this run is "
+                          f"'{args['train_mode']}': drop distill_from")
+    if float(args.get("distill_weight", 1.0)) < 0:
+        raise ConfigError(f"config 'distill_weight' = {args['distill_weight']} must be >= 0")
+    from ..analysis.checkpoint import in_order, load_run, row_checkpoint
+
+    row = teacher_seed_row(args)
+    feature_file = args.get("custom_feature") or args.get("featurePath")
+    with _untouched_random_state():
+        teacher = load_run(json.loads(row["config"]), row_checkpoint(row), feature_file)
+        if teacher.other_features:
+            raise ConfigError(f"the teacher in {args['distill_from']} (seed {args['seed']}) was "
+                              f"trained on another feature file than {feature_file} (sha256 "
+                              f"differs): distil from a run on this file")
+        predicted = teacher.trainer.predict(teacher.model, in_order(teacher.loaders["train"]))
+    return {sample_id: float(value)
+            for sample_id, value in zip(predicted["ids"], predicted["M"].reshape(-1))}
+
+
+def teacher_targets(teacher: dict[str, float], ids, like: torch.Tensor) -> torch.Tensor:
+    """The teacher's predictions for a batch's sample `ids`, shaped and placed like `like`."""
+    missing = [sample_id for sample_id in ids if sample_id not in teacher]
+    if missing:
+        raise ConfigError(f"the teacher has no prediction for training sample '{missing[0]}': "
+                          f"it was trained on another training split; distil from a run on "
+                          f"this one")
+    values = torch.tensor([teacher[sample_id] for sample_id in ids], dtype=like.dtype,
+                          device=like.device)
+    return values.view_as(like)
