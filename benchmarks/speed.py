@@ -175,12 +175,13 @@ def run_args(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
     return args, text_input
 
 
-def training_vocabulary(loaders: dict, vocabulary_file: Path | None):
+def training_vocabulary(loaders: dict, token_ids):
     """The training split whose tokens `text_vocabulary: train` models keep: the real feature
-    file's with `--vocabulary` (the parameter count of a run on it), else the synthetic data's."""
-    if vocabulary_file is None:
+    file's `token_ids` with `--vocabulary` (the parameter count of a run on it), else the
+    synthetic data's."""
+    if token_ids is None:
         return loaders["train"].dataset
-    return [{"text": row} for row in training_token_ids(vocabulary_file)]
+    return [{"text": row} for row in token_ids]
 
 
 def training_token_ids(feature_file: Path):
@@ -196,13 +197,13 @@ def training_token_ids(feature_file: Path):
 
 def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
                   device: torch.device, work_dir: Path, overrides: list,
-                  vocabulary_file: Path | None = None) -> Subject:
+                  vocabulary_ids=None) -> Subject:
     label, model_name, _ = spec
     args, text_input = run_args(spec, feature_file, text_mode, device, work_dir, overrides)
     torch.manual_seed(1)
     loaders = registry.build_dataloaders(args, 0)
     model = registry.build_model(args).to(device)
-    fit_text_vocabulary(model.Model, training_vocabulary(loaders, vocabulary_file))
+    fit_text_vocabulary(model.Model, training_vocabulary(loaders, vocabulary_ids))
     trainer = registry.build_trainer(args)
     train_batches = [batch for _, batch in zip(range(DISTINCT_BATCHES), loaders["train"])]
     test_batch = next(iter(loaders["test"]))
@@ -304,7 +305,8 @@ def _memory_child(request: dict, answer) -> None:
     imported = _status_mb("VmRSS")
     subject = build_subject(tuple(request["model"]), Path(request["feature_file"]), request["text"],
                             torch.device("cpu"), Path(request["work_dir"]), request["overrides"],
-                            request["vocabulary"] and Path(request["vocabulary"]))
+                            training_token_ids(Path(request["vocabulary"]))
+                            if request["vocabulary"] else None)
     train_samples_per_s(subject, 1, request["steps"])
     forward_ms(subject, LATENCY_BATCH)
     answer.put({"peak_rss_mb": _status_mb("VmHWM"), "import_rss_mb": imported})
@@ -353,7 +355,7 @@ def measure(models: list[str], options, setting: Setting) -> dict:
         work_dir = Path(temp)
         feature_file = data_file(work_dir, options.shapes)
         subjects = [build_subject(spec, feature_file, options.text, device, work_dir, overrides,
-                                  options.vocabulary)
+                                  options.vocabulary_ids)
                     for spec in models]
         for subject in subjects:  # warm-up: lazy initialisation, allocator, kernel choice
             for size in subject.latency_inputs:
@@ -510,8 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         for _, name, _ in models:
             registry.check_names(name, DATASET)
         check_device(options.device)
-        if options.vocabulary:
-            training_token_ids(options.vocabulary)
+        # Read once here (a memory measurement's fresh process reads it again).
+        options.vocabulary_ids = (training_token_ids(options.vocabulary) if options.vocabulary
+                                  else None)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
