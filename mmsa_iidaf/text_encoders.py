@@ -143,30 +143,11 @@ class SplitEmbedding(nn.Module):
         return torch.where((rows < count).unsqueeze(-1), whole, low_rank)
 
 
-def computes_pretrained_states(vocabulary: str, ffn_width: int) -> bool:
-    """Whether an encoder with these settings computes the pretrained encoder's states (at its
+def computes_pretrained_states(vocabulary: str) -> bool:
+    """Whether an encoder with this vocabulary computes the pretrained encoder's states (at its
     layers), which `encoder_cache` holds: the training split's vocabulary reads unseen tokens
-    otherwise, and cut feed-forward layers compute other states."""
-    return vocabulary == "full" and not int(ffn_width)
-
-
-def keep_widest_ffn_units(model: nn.Module, width: int) -> None:
-    """Cut every feed-forward layer of a BERT-family `model` to the `width` units of largest
-    ‖w_in‖ · ‖w_out‖ (the unit's input row and output column, whose product bounds what the unit
-    adds to the layer's output for an input of unit norm, bias aside). Magnitude rather than activations on data: it
-    needs no data, so a checkpoint's shapes follow from the config alone, and on MOSI's training
-    texts it kept the pooled states as close to the whole encoder's as activation-based
-    importance did (cosine 0.68 and 0.70 at 768 of 1,536 units). Torch's pruning by index
-    (transformers' `prune_linear_layer`) does the cut."""
-    from transformers.pytorch_utils import prune_linear_layer
-
-    for layer in model.encoder.layer:
-        unit_in, unit_out = layer.intermediate.dense, layer.output.dense
-        importance = unit_in.weight.norm(dim=1) * unit_out.weight.norm(dim=0)
-        kept = importance.topk(width).indices.sort().values
-        layer.intermediate.dense = prune_linear_layer(unit_in, kept, dim=0)
-        layer.output.dense = prune_linear_layer(unit_out, kept, dim=1)
-    model.config.intermediate_size = width
+    otherwise."""
+    return vocabulary == "full"
 
 
 class TextEncoder(nn.Module):
@@ -186,13 +167,10 @@ class TextEncoder(nn.Module):
     `unseen_rank` r > 0 (with "train"): the other tokens are not read as [UNK] but through their
     pretrained rows at rank r (`SplitEmbedding`: (V − K) × r + r × H parameters for them instead
     of (V − K) × H); 0: [UNK].
-
-    `ffn_width` k > 0 keeps, in every layer, the k feed-forward units of largest weight norm
-    (`keep_widest_ffn_units`): depth kept, width cut; 0: every unit.
     """
 
     def __init__(self, pretrained: str, finetune: bool = False, layers: int = 0,
-                 vocabulary: str = "full", unseen_rank: int = 0, ffn_width: int = 0):
+                 vocabulary: str = "full", unseen_rank: int = 0):
         super().__init__()
         if vocabulary not in VOCABULARIES:
             raise ConfigError(f"config 'text_vocabulary' = '{vocabulary}' must be one of "
@@ -228,14 +206,6 @@ class TextEncoder(nn.Module):
         finally:
             transformers_logging.set_verbosity(verbosity)
         self.full_vocabulary_size = int(config.vocab_size)
-        self.ffn_width = int(ffn_width)
-        if self.ffn_width:
-            available = int(config.intermediate_size)
-            if not 0 < self.ffn_width <= available:
-                raise ConfigError(f"config 'text_ffn_width' = {self.ffn_width}: {self.pretrained}'s "
-                                  f"feed-forward layers have {available} units; give 1 to "
-                                  f"{available}, or 0 for all")
-            keep_widest_ffn_units(self.model, self.ffn_width)
         width = int(config.hidden_size)
         if self.unseen_rank and not 0 < self.unseen_rank < width:
             raise ConfigError(f"config 'text_unseen_rank' = {self.unseen_rank}: give 1 to "
@@ -321,7 +291,7 @@ class TextEncoder(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, text_bert: torch.Tensor) -> torch.Tensor:
-        if not self.finetune and computes_pretrained_states(self.vocabulary, self.ffn_width):
+        if not self.finetune and computes_pretrained_states(self.vocabulary):
             cached = encoder_cache.lookup(self.directory, text_bert, self.layers)
             if cached is not None:
                 return cached

@@ -23,8 +23,7 @@ def cache_frozen_text(dataset) -> None:
         layers = 0
         if args.get("model_name") in registry.MODELS:
             settings = iidaf_settings(args)
-            if not computes_pretrained_states(settings.text_vocabulary,
-                                              settings.text_ffn_width):
+            if not computes_pretrained_states(settings.text_vocabulary):
                 return  # no cached states to read
             layers = int(settings.text_layers)
         encoder_cache.precompute(args["pretrained"], dataset.text, layers)

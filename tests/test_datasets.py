@@ -542,18 +542,6 @@ def test_a_truncated_frozen_encoder_caches_its_own_states(tiny_data, tiny_file, 
     assert not torch.allclose(cached[:4], every_layer, atol=1e-3)
 
 
-def test_an_encoder_with_cut_feed_forward_layers_reads_no_cached_states(tiny_file, tmp_path,
-                                                                        private_encoder_cache,
-                                                                        encoder_runs):
-    """`text_ffn_width`: the cut encoder's states are not the whole encoder's, which share its
-    directory: nothing is cached, and the encoder runs on every batch."""
-    MMSA.MMSA_run("iidaf", "mosi", config={**FROZEN_STAND_IN, "text_ffn_width": 64},
-                  custom_feature=tiny_file, seeds=[1], **run_folders(tmp_path))
-    assert written_files(private_encoder_cache) == []
-    assert encoder_runs["encoded"] == 0 and encoder_runs["cache_hits"] == 0
-    assert encoder_runs["transformer"] > 0
-
-
 def test_the_cache_key_follows_the_content(tiny_data):
     encoder_dir = resolve_pretrained(STAND_IN)
     text_bert = tiny_data["train"]["text_bert"]

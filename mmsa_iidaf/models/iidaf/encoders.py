@@ -204,8 +204,7 @@ class MultimodalEncoder(nn.Module):
             text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune),
                                        layers=int(settings.text_layers),
                                        vocabulary=settings.text_vocabulary,
-                                       unseen_rank=int(settings.text_unseen_rank),
-                                       ffn_width=int(settings.text_ffn_width))
+                                       unseen_rank=int(settings.text_unseen_rank))
         return cls(
             settings.modalities, settings.feature_dims, int(settings.d_model),
             int(settings.conv_kernel), settings.enc_layers, settings.enc_heads,

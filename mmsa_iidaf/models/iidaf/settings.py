@@ -40,7 +40,6 @@ DEFAULTS = {
     # and [UNK] cost 0.07 Corr: benchmarks/lite_selection.md). The lite preset's parameter bar.
     "text_vocabulary": "full",
     "text_unseen_rank": 0,
-    "text_ffn_width": 0,                 # the text encoder's k widest feed-forward units; 0: all
     "preset": "full",                    # or "lite": PRESETS["lite"] over these defaults
     "householder_vectors": 3,
     "mic_proj_dim": 64,
@@ -125,9 +124,6 @@ def iidaf_settings(args) -> EasyDict:
     if int(settings.text_unseen_rank) < 0:
         raise ConfigError(f"config 'text_unseen_rank' = {settings.text_unseen_rank} must be "
                           f">= 0 (0: tokens unseen in training read as [UNK])")
-    if int(settings.text_ffn_width) < 0:
-        raise ConfigError(f"config 'text_ffn_width' = {settings.text_ffn_width} must be >= 0 "
-                          f"(0: every feed-forward unit of the text encoder)")
     if min(settings.temporal_stride.values()) < 1:
         raise ConfigError(f"config 'temporal_stride' = {args.get('temporal_stride')} must be "
                           f">= 1 for every modality")
