@@ -270,6 +270,10 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
         preview = preview_config(model_name, dataset_name, config_file, config, is_tune,
                                  custom_feature=custom_feature, feature_T=feature_T,
                                  feature_A=feature_A, feature_V=feature_V)
+        if preview.get("distill_from") and model_name not in registry.MODELS:
+            raise ConfigError(f"config 'distill_from': {model_name}'s trainer is MMSA's, which "
+                              f"reads no teacher; distil into one of "
+                              f"{', '.join(sorted(registry.MODELS))}, or drop distill_from")
         check_feature_files(preview)
         if uses_bert(preview):
             resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))

@@ -119,3 +119,6 @@ def test_a_teacher_without_a_seed_of_the_run_stops_it_before_any_training(featur
         finally:
             close_mmsa_handlers()
     assert not (tmp_path / "results" / "iidaf-mosi-seeds.csv").exists()
+    with pytest.raises(ConfigError, match="misa's trainer is MMSA's, which reads no teacher"):
+        MMSA.MMSA_run("misa", "mosi", config={"distill_from": str(teacher_dir)},
+                      custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
