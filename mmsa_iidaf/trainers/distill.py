@@ -4,10 +4,11 @@ labels (regression).
 `distill_from`: the results folder (`--res-save-dir`) of a finished run of `distill_model`
 (default "iidaf") on the same feature file. The teacher is that run's seed with the student's
 seed, rebuilt from its seeds row and checkpoint (`analysis/checkpoint.py`, as the robustness and
-interpretability commands rebuild runs); its prediction for every training sample is computed once
-before training. The trainer then adds `distill_weight` × L_KD to each batch's loss, L_KD being
-the task loss L_T between the student's prediction and the teacher's. Validation and test read the
-labels only: the teacher never sees them, and its checkpoint was chosen on validation alone.
+interpretability commands rebuild runs); its prediction for every training sample is computed
+once before training. The trainer then adds `distill_weight` (default 1) × L_KD to each batch's
+loss, L_KD being the task loss L_T between the student's prediction and the teacher's. Validation
+and test read the labels only (the teacher's checkpoint was chosen on validation, so a student
+that imitates it inherits its validation fit: benchmarks/lite_selection.md).
 """
 from __future__ import annotations
 
