@@ -128,7 +128,9 @@ class SplitEmbedding(nn.Module):
         gram = sum(block.double().T @ block.double() for block in blocks)
         energies, vectors = torch.linalg.eigh(gram)  # ascending
         top = vectors[:, -rank:].flip(-1)            # (H, r), largest first
-        total = float(energies.clamp(min=0).sum())  # 0 when built empty, to receive a checkpoint
+        # The share of the rows' squared norm the rank-r rows keep (the trainer logs it); 0 total
+        # when built empty, to receive a checkpoint.
+        total = float(energies.clamp(min=0).sum())
         self.kept_energy = (float(energies[-rank:].clamp(min=0).sum()) / total if total
                             else float("nan"))
         factors = torch.cat([(block.double() @ top).to(others.dtype) for block in blocks])

@@ -340,6 +340,8 @@ def test_unseen_tokens_at_rank_r_are_their_best_rank_r_pretrained_rows():
     unseen_ids = torch.tensor(sorted(set(range(30522)) - set(split.kept_ids.tolist())))
     u, s, vh = torch.linalg.svd(pretrained[unseen_ids].double(), full_matrices=False)
     best = ((u[:, :16] * s[:16]) @ vh[:16]).float()
+    assert embedding.kept_energy == pytest.approx(float((s[:16] ** 2).sum() / (s ** 2).sum()),
+                                                  abs=1e-6)
     terrible = load_tokenizer_id("terrible")
     assert terrible not in split.kept_ids.tolist()
     row = int((unseen_ids == terrible).nonzero())

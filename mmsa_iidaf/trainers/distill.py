@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import runs
 from ..errors import ConfigError
 
 
@@ -40,10 +41,16 @@ def _untouched_random_state():
 
 def teacher_seed_row(args) -> pd.Series:
     """The seeds row of the teacher: `{distill_from}/{distill_model}-{dataset}-seeds.csv`, the
-    newest row of the student's seed."""
+    newest row of the student's seed; ConfigError when there is none or the run cannot be
+    distilled (checked before any training, and again when the teacher is built)."""
+    if args.get("train_mode", "regression") != "regression":
+        raise ConfigError("config 'distill_from' distils a regression teacher; this run is "
+                          f"'{args['train_mode']}': drop distill_from")
+    if float(args.get("distill_weight", 1.0)) < 0:
+        raise ConfigError(f"config 'distill_weight' = {args['distill_weight']} must be >= 0")
     folder = Path(str(args["distill_from"])).expanduser()
     name = str(args.get("distill_model", "iidaf"))
-    seeds_csv = folder / f"{name}-{args['dataset_name']}-seeds.csv"
+    seeds_csv = runs.seeds_csv(folder, name, args["dataset_name"])
     if not seeds_csv.is_file():
         raise ConfigError(f"config 'distill_from' = '{folder}' holds no {seeds_csv.name}: give the "
                           f"--res-save-dir of a finished '{name}' run on {args['dataset_name']} "
@@ -60,15 +67,11 @@ def teacher_predictions(args) -> dict[str, float] | None:
     """{training sample id: the teacher's prediction}, or None without `distill_from`."""
     if not args.get("distill_from"):
         return None
-    if args.get("train_mode", "regression") != "regression":
-        raise ConfigError("config 'distill_from' distils a regression teacher; this run is "
-                          f"'{args['train_mode']}': drop distill_from")
-    if float(args.get("distill_weight", 1.0)) < 0:
-        raise ConfigError(f"config 'distill_weight' = {args['distill_weight']} must be >= 0")
+    # (analysis.checkpoint reads runs' names at import: imported here, after runs is loaded.)
     from ..analysis.checkpoint import in_order, load_run, row_checkpoint
 
     row = teacher_seed_row(args)
-    feature_file = args.get("custom_feature") or args.get("featurePath")
+    feature_file = runs.feature_files(args)[0]
     with _untouched_random_state():
         teacher = load_run(json.loads(row["config"]), row_checkpoint(row), feature_file)
         if teacher.other_features:

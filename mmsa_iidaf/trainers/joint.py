@@ -51,8 +51,9 @@ def fit_text_vocabulary(network, train_dataset) -> None:
     before = sum(p.numel() for p in text_encoder.parameters())
     kept = text_encoder.fit_vocabulary(token_ids)
     after = sum(p.numel() for p in text_encoder.parameters())
-    others = (f"at rank {text_encoder.unseen_rank}" if text_encoder.unseen_rank
-              else "read as [UNK]")
+    embedding = text_encoder.model.get_input_embeddings()
+    others = (f"at rank {text_encoder.unseen_rank} ({embedding.kept_energy:.0%} of their "
+              f"energy)" if text_encoder.unseen_rank else "read as [UNK]")
     logger.info(f"text vocabulary: {kept} tokens of the training split kept, the others {others}; "
                 f"text encoder {before / 1e6:.2f} M -> {after / 1e6:.2f} M parameters")
 
