@@ -33,11 +33,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMSA_IIDAF_CACHE", root / "mmsa_iidaf")) / "text_states"
 
 
-def _table_key(encoder_dir: str | Path, layers: int) -> str:
+def _table_key(encoder_dir: str | Path, layers: int | tuple[int, ...]) -> str:
     return str(encoder_dir) if not layers else f"{encoder_dir}#layers={layers}"
 
 
-def _encoder_identity(encoder_dir: Path, layers: int) -> bytes:
+def _encoder_identity(encoder_dir: Path, layers: int | tuple[int, ...]) -> bytes:
     """The encoder's directory and layer count, its config, and the size and time of its weight
     files."""
     parts = [_table_key(encoder_dir, layers), (encoder_dir / "config.json").read_text()]
@@ -52,13 +52,15 @@ def _row_keys(text_bert: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in rows]
 
 
-def states_file(encoder_dir: Path, text_bert: np.ndarray, layers: int = 0) -> Path:
+def states_file(encoder_dir: Path, text_bert: np.ndarray,
+                layers: int | tuple[int, ...] = 0) -> Path:
     digest = hashlib.sha256(_encoder_identity(encoder_dir, layers))
     digest.update(np.ascontiguousarray(text_bert, dtype=np.float32).tobytes())
     return cache_dir() / f"{digest.hexdigest()}.pt"
 
 
-def _encode(encoder_dir: Path, text_bert: np.ndarray, layers: int) -> torch.Tensor:
+def _encode(encoder_dir: Path, text_bert: np.ndarray,
+            layers: int | tuple[int, ...]) -> torch.Tensor:
     from .text_encoders import TextEncoder
 
     encoder = TextEncoder(str(encoder_dir), finetune=False, layers=layers).eval()
@@ -67,9 +69,10 @@ def _encode(encoder_dir: Path, text_bert: np.ndarray, layers: int) -> torch.Tens
         return torch.cat([encoder(batch) for batch in batches])
 
 
-def precompute(encoder_dir: str | Path, text_bert: np.ndarray, layers: int = 0) -> Path:
+def precompute(encoder_dir: str | Path, text_bert: np.ndarray,
+               layers: int | tuple[int, ...] = 0) -> Path:
     """Make the states of every sample of `text_bert` (N, 3, L) available, as the encoder's first
-    `layers` layers (0: all) give them; return the file."""
+    `layers` layers (0: all; a tuple: those layers) give them; return the file."""
     encoder_dir = Path(encoder_dir)
     path = states_file(encoder_dir, text_bert, layers)
     if path.is_file():
@@ -87,8 +90,8 @@ def precompute(encoder_dir: str | Path, text_bert: np.ndarray, layers: int = 0) 
 
 
 def lookup(encoder_dir: str | Path, text_bert: torch.Tensor,
-           layers: int = 0) -> torch.Tensor | None:
-    """The cached states of a batch (B, 3, L) from the encoder's first `layers` layers (0: all),
+           layers: int | tuple[int, ...] = 0) -> torch.Tensor | None:
+    """The cached states of a batch (B, 3, L) from the encoder's `layers` (as `precompute`),
     on its device, or None if any row is unknown.
 
     Only the three token rows count: MMSA's model-side alignment (`need_model_aligned`) pads the

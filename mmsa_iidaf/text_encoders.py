@@ -145,6 +145,22 @@ class SplitEmbedding(nn.Module):
         return torch.where((rows < count).unsqueeze(-1), whole, low_rank)
 
 
+def text_layer_choice(value) -> int | tuple[int, ...]:
+    """Config `text_layers` as the encoder takes it: k >= 0 (its first k layers; 0: all of them) or
+    a list of the indices of the layers to keep (0-based, ascending, distinct)."""
+    if isinstance(value, (list, tuple)):
+        indices = tuple(int(index) for index in value)
+        if not indices or min(indices) < 0 or list(indices) != sorted(set(indices)):
+            raise ConfigError(f"config 'text_layers' = {list(value)}: give the indices of the "
+                              f"layers to keep, ascending, distinct and >= 0 (e.g. [0,1,3,4,5]), "
+                              f"or a count k for the first k")
+        return indices
+    if int(value) < 0:
+        raise ConfigError(f"config 'text_layers' = {value} must be >= 0 (0: every layer of the "
+                          f"text encoder), or a list of the layer indices to keep")
+    return int(value)
+
+
 def computes_pretrained_states(vocabulary: str) -> bool:
     """Whether an encoder with this vocabulary computes the pretrained encoder's states (at its
     layers), which `encoder_cache` holds: the training split's vocabulary reads unseen tokens
@@ -157,7 +173,10 @@ class TextEncoder(nn.Module):
 
     Input (B, 3, L): input ids, attention mask, token type ids, as floats (MMSA's layout).
     Output (B, L, H): the last hidden state. Frozen unless `finetune`. `layers` > 0 keeps the
-    encoder's first `layers` Transformer layers only (0: all), a cheaper text path.
+    encoder's first `layers` Transformer layers only (0: all), a cheaper text path; a tuple of
+    layer indices keeps those layers, in order, with their pretrained weights (dropping a middle
+    layer keeps the output closer to the whole encoder's than dropping the last ones:
+    benchmarks/lite_selection.md).
 
     `vocabulary` "train": `fit_vocabulary` (called by the trainer on the training split) keeps the
     word-embedding rows of the tokens seen there and the special tokens only; any other token is
@@ -171,7 +190,8 @@ class TextEncoder(nn.Module):
     of (V − K) × H); 0: [UNK].
     """
 
-    def __init__(self, pretrained: str, finetune: bool = False, layers: int = 0,
+    def __init__(self, pretrained: str, finetune: bool = False,
+                 layers: int | tuple[int, ...] = 0,
                  vocabulary: str = "full", unseen_rank: int = 0):
         super().__init__()
         if vocabulary not in VOCABULARIES:
@@ -192,12 +212,16 @@ class TextEncoder(nn.Module):
 
         self.pretrained = str(pretrained)
         self.directory = resolve_pretrained(pretrained)
-        self.layers = int(layers)
+        self.layers = text_layer_choice(layers)
         config = AutoConfig.from_pretrained(self.directory)
         verbosity = transformers_logging.get_verbosity()
-        if self.layers:
-            available = int(config.num_hidden_layers)
-            if not 0 < self.layers <= available:
+        available = int(config.num_hidden_layers)
+        if isinstance(self.layers, tuple):
+            if self.layers[-1] >= available:
+                raise ConfigError(f"config 'text_layers' = {list(self.layers)}: {self.pretrained} "
+                                  f"has {available} layers; give indices 0 to {available - 1}")
+        elif self.layers:
+            if self.layers > available:
                 raise ConfigError(f"config 'text_layers' = {self.layers}: {self.pretrained} has "
                                   f"{available} layers; give 1 to {available}, or 0 for all")
             config.num_hidden_layers = self.layers
@@ -207,6 +231,8 @@ class TextEncoder(nn.Module):
             self.model = AutoModel.from_pretrained(self.directory, config=config)
         finally:
             transformers_logging.set_verbosity(verbosity)
+        if isinstance(self.layers, tuple):
+            self._keep_layers(self.layers)
         self.full_vocabulary_size = int(config.vocab_size)
         width = int(config.hidden_size)
         if self.unseen_rank and not 0 < self.unseen_rank < width:
@@ -216,6 +242,15 @@ class TextEncoder(nn.Module):
         self.finetune = finetune
         if not finetune:
             self.model.requires_grad_(False)
+
+    def _keep_layers(self, indices: tuple[int, ...]) -> None:
+        stack = getattr(getattr(self.model, "encoder", None), "layer", None)
+        if not isinstance(stack, nn.ModuleList):
+            raise ConfigError(f"config 'text_layers' = {list(indices)}: {self.pretrained} keeps "
+                              f"its layers elsewhere than encoder.layer (BERT's); give a count k "
+                              f"for its first k layers instead")
+        self.model.encoder.layer = nn.ModuleList(stack[index] for index in indices)
+        self.model.config.num_hidden_layers = len(indices)
 
     def train(self, mode: bool = True):
         # A frozen encoder is a fixed feature extractor: no dropout, the same output every epoch

@@ -25,7 +25,7 @@ def cache_frozen_text(dataset) -> None:
             settings = iidaf_settings(args)
             if not computes_pretrained_states(settings.text_vocabulary):
                 return  # no cached states to read
-            layers = int(settings.text_layers)
+            layers = settings.text_layers
         encoder_cache.precompute(args["pretrained"], dataset.text, layers)
 
 

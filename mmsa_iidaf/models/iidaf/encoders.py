@@ -202,7 +202,7 @@ class MultimodalEncoder(nn.Module):
         text_encoder = None
         if settings.use_bert and "t" in settings.modalities:
             text_encoder = TextEncoder(settings.pretrained, finetune=bool(settings.use_finetune),
-                                       layers=int(settings.text_layers),
+                                       layers=settings.text_layers,
                                        vocabulary=settings.text_vocabulary,
                                        unseen_rank=int(settings.text_unseen_rank))
         return cls(

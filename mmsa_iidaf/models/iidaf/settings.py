@@ -9,6 +9,7 @@ from easydict import EasyDict
 
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.text_encoders import VOCABULARIES as TEXT_VOCABULARIES
+from mmsa_iidaf.text_encoders import text_layer_choice
 
 MODALITY_ORDER = "tav"  # the order of MMSA's per-modality lists: feature_dims, enc_layers, enc_heads
 
@@ -34,7 +35,7 @@ DEFAULTS = {
     "compile": False,                    # torch.compile the model (opt-in; first steps compile)
     "mixed_precision": "none",           # or "bf16": autocast in training and evaluation (GPU)
     "temporal_stride": 1,                # [t, a, v] or one int: average every s steps first
-    "text_layers": 0,                    # the text encoder's first k layers only; 0: all of them
+    "text_layers": 0,                    # the text encoder's first k layers; 0: all; or [indices]
     # or "train": the training split's tokens keep their word embeddings, the others are read at
     # rank `text_unseen_rank` (0: as [UNK]; 8 % of mosi_utt's test tokens are unseen in training,
     # and [UNK] cost 0.07 Corr: benchmarks/lite_selection.md). The lite preset's parameter bar.
@@ -119,9 +120,7 @@ def iidaf_settings(args) -> EasyDict:
     settings.enc_layers = _per_modality(settings.enc_layers, "enc_layers")
     settings.enc_heads = _per_modality(settings.enc_heads, "enc_heads")
     settings.temporal_stride = _per_modality(settings.temporal_stride, "temporal_stride")
-    if int(settings.text_layers) < 0:
-        raise ConfigError(f"config 'text_layers' = {settings.text_layers} must be >= 0 "
-                          f"(0: every layer of the text encoder)")
+    settings.text_layers = text_layer_choice(settings.text_layers)
     if int(settings.text_unseen_rank) < 0:
         raise ConfigError(f"config 'text_unseen_rank' = {settings.text_unseen_rank} must be "
                           f">= 0 (0: tokens unseen in training read as [UNK])")
