@@ -233,6 +233,11 @@ class TextEncoder(nn.Module):
             transformers_logging.set_verbosity(verbosity)
         if isinstance(self.layers, tuple):
             self._keep_layers(self.layers)
+        # The pooler (dense + tanh over [CLS]) feeds nothing here, the last hidden state being the
+        # output: dropped, so that it is neither computed nor counted nor saved. (A checkpoint
+        # that has its weights still loads: torch skips the keys of a child set to None.)
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None
         self.full_vocabulary_size = int(config.vocab_size)
         width = int(config.hidden_size)
         if self.unseen_rank and not 0 < self.unseen_rank < width:

