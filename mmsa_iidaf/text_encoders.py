@@ -148,17 +148,23 @@ class SplitEmbedding(nn.Module):
 def text_layer_choice(value) -> int | tuple[int, ...]:
     """Config `text_layers` as the encoder takes it: k >= 0 (its first k layers; 0: all of them) or
     a list of the indices of the layers to keep (0-based, ascending, distinct)."""
+    try:
+        if isinstance(value, (list, tuple)):
+            indices = tuple(int(index) for index in value)
+        else:
+            count = int(value)
+    except (TypeError, ValueError):
+        indices = count = None
     if isinstance(value, (list, tuple)):
-        indices = tuple(int(index) for index in value)
         if not indices or min(indices) < 0 or list(indices) != sorted(set(indices)):
             raise ConfigError(f"config 'text_layers' = {list(value)}: give the indices of the "
                               f"layers to keep, ascending, distinct and >= 0 (e.g. [0,1,3,4,5]), "
                               f"or a count k for the first k")
         return indices
-    if int(value) < 0:
-        raise ConfigError(f"config 'text_layers' = {value} must be >= 0 (0: every layer of the "
-                          f"text encoder), or a list of the layer indices to keep")
-    return int(value)
+    if count is None or count < 0:
+        raise ConfigError(f"config 'text_layers' = {value!r} must be a whole number >= 0 (0: every "
+                          f"layer of the text encoder), or a list of the layer indices to keep")
+    return count
 
 
 def computes_pretrained_states(vocabulary: str) -> bool:
@@ -175,8 +181,8 @@ class TextEncoder(nn.Module):
     Output (B, L, H): the last hidden state. Frozen unless `finetune`. `layers` > 0 keeps the
     encoder's first `layers` Transformer layers only (0: all), a cheaper text path; a tuple of
     layer indices keeps those layers, in order, with their pretrained weights (dropping a middle
-    layer keeps the output closer to the whole encoder's than dropping the last ones:
-    benchmarks/lite_selection.md).
+    layer keeps the frozen output closer to the whole encoder's than dropping the last ones, yet
+    fine-tuned worse on mosi_utt: benchmarks/lite_selection.md).
 
     `vocabulary` "train": `fit_vocabulary` (called by the trainer on the training split) keeps the
     word-embedding rows of the tokens seen there and the special tokens only; any other token is

