@@ -27,7 +27,7 @@ from . import compat, encoder_cache, registry
 from .data.validate import load_and_validate
 from .errors import ConfigError, FeatureFileError
 from .text_encoders import encoder_width, resolve_pretrained
-from .trainers.distill import teacher_seed_row
+from .trainers.distill import check_distill_init, teacher_seed_row
 
 DEFAULT_HOME = Path.home() / "MMSA"
 MODALITIES = "tav"
@@ -277,6 +277,7 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
         check_feature_files(preview)
         if uses_bert(preview):
             resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
+        check_distill_init(preview)
         if preview.get("distill_from") and not is_tune:
             # MMSA's own default seeds when none are given.
             for seed in list(seeds) or [1111, 1112, 1113, 1114, 1115]:

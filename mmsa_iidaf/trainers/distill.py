@@ -9,6 +9,11 @@ once before training. The trainer then adds `distill_weight` (default 1) × L_KD
 loss, L_KD being the task loss L_T between the student's prediction and the teacher's. Validation
 and test read the labels only (the teacher's checkpoint was chosen on validation, so a student
 that imitates it inherits its validation fit: benchmarks/lite_selection.md).
+
+`distill_init: true` (with `distill_from`) also starts the student's text encoder from the
+teacher's fine-tuned one instead of the pretrained weights: the embeddings, and for each layer the
+student keeps, the teacher's layer of the same pretrained index (the student's other parts differ
+in width from a full IIDAF's and start as usual).
 """
 from __future__ import annotations
 
@@ -39,6 +44,12 @@ def _untouched_random_state():
         np.random.set_state(numpy_state)
 
 
+def check_distill_init(args) -> None:
+    if args.get("distill_init") and not args.get("distill_from"):
+        raise ConfigError("config 'distill_init' needs 'distill_from' (the teacher whose text "
+                          "encoder the student starts from)")
+
+
 def teacher_seed_row(args) -> pd.Series:
     """The seeds row of the teacher: `{distill_from}/{distill_model}-{dataset}-seeds.csv`, the
     newest row of the student's seed; ConfigError when there is none or the run cannot be
@@ -48,6 +59,8 @@ def teacher_seed_row(args) -> pd.Series:
                           f"'{args['train_mode']}': drop distill_from")
     if float(args.get("distill_weight", 1.0)) < 0:
         raise ConfigError(f"config 'distill_weight' = {args['distill_weight']} must be >= 0")
+    if args.get("distill_init") not in (None, True, False):
+        raise ConfigError(f"config 'distill_init' = {args['distill_init']!r} must be true or false")
     folder = Path(str(args["distill_from"])).expanduser()
     name = str(args.get("distill_model", "iidaf"))
     seeds_csv = runs.seeds_csv(folder, name, args["dataset_name"])
@@ -63,8 +76,11 @@ def teacher_seed_row(args) -> pd.Series:
     return rows.iloc[-1]
 
 
-def teacher_predictions(args) -> dict[str, float] | None:
-    """{training sample id: the teacher's prediction}, or None without `distill_from`."""
+def teacher_predictions(args, student=None) -> dict[str, float] | None:
+    """{training sample id: the teacher's prediction}, or None without `distill_from`. With
+    `distill_init`, `student` (the network about to train) takes the teacher's text encoder
+    first (`start_text_from_teacher`)."""
+    check_distill_init(args)
     if not args.get("distill_from"):
         return None
     # (analysis.checkpoint reads runs' names at import: imported here, after runs is loaded.)
@@ -78,6 +94,8 @@ def teacher_predictions(args) -> dict[str, float] | None:
             raise ConfigError(f"the teacher in {args['distill_from']} (seed {args['seed']}) was "
                               f"trained on another feature file than {feature_file} (sha256 "
                               f"differs): distil from a run on this file")
+        if student is not None and args.get("distill_init"):
+            start_text_from_teacher(student, teacher.model.Model)
         predicted = teacher.trainer.predict(teacher.model, in_order(teacher.loaders["train"]))
     return {sample_id: float(value)
             for sample_id, value in zip(predicted["ids"], predicted["M"].reshape(-1))}
@@ -93,3 +111,35 @@ def teacher_targets(teacher: dict[str, float], ids, like: torch.Tensor) -> torch
     values = torch.tensor([teacher[sample_id] for sample_id in ids], dtype=like.dtype,
                           device=like.device)
     return values.view_as(like)
+
+
+def start_text_from_teacher(student, teacher) -> None:
+    """Copy the teacher network's text encoder into the student's: embeddings, and each layer the
+    student keeps from the teacher's layer of the same pretrained index. Before the student's
+    vocabulary is fitted (its word embedding still has every row, as the teacher's must); a
+    student whose vocabulary is fitted already trained, and keeps its encoder."""
+    encoders = getattr(student, "text_encoder", None), getattr(teacher, "text_encoder", None)
+    if None in encoders:
+        raise ConfigError("config 'distill_init' copies the teacher's text encoder: the student "
+                          "and the teacher must both read text through one (use_bert, text among "
+                          "the modalities)")
+    mine, theirs = encoders
+    if mine.kept_ids is not None:
+        return
+    if mine.directory != theirs.directory or theirs.kept_ids is not None:
+        raise ConfigError(f"config 'distill_init': the teacher's text encoder ({theirs.pretrained}"
+                          f"{', trimmed vocabulary' if theirs.kept_ids is not None else ''}) is not "
+                          f"the student's ({mine.pretrained}) with every token; distil from a run "
+                          f"of the same encoder with text_vocabulary full")
+    teacher_positions = {index: position
+                         for position, index in enumerate(theirs.pretrained_layer_indices)}
+    missing = [index for index in mine.pretrained_layer_indices if index not in teacher_positions]
+    if missing:
+        raise ConfigError(f"config 'distill_init': the teacher has no layer {missing[0]} of "
+                          f"{theirs.pretrained}, which the student keeps; distil from a teacher "
+                          f"with every layer the student has")
+    with torch.no_grad():
+        mine.model.embeddings.load_state_dict(theirs.model.embeddings.state_dict())
+        for position, index in enumerate(mine.pretrained_layer_indices):
+            layer = theirs.model.encoder.layer[teacher_positions[index]]
+            mine.model.encoder.layer[position].load_state_dict(layer.state_dict())
