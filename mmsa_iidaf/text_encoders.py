@@ -148,20 +148,21 @@ class SplitEmbedding(nn.Module):
 def text_layer_choice(value) -> int | tuple[int, ...]:
     """Config `text_layers` as the encoder takes it: k >= 0 (its first k layers; 0: all of them) or
     a list of the indices of the layers to keep (0-based, ascending, distinct)."""
-    try:
-        if isinstance(value, (list, tuple)):
-            indices = tuple(int(index) for index in value)
-        else:
-            count = int(value)
-    except (TypeError, ValueError):
-        indices = count = None
     if isinstance(value, (list, tuple)):
+        try:
+            indices = tuple(int(index) for index in value)
+        except (TypeError, ValueError):
+            indices = ()
         if not indices or min(indices) < 0 or list(indices) != sorted(set(indices)):
             raise ConfigError(f"config 'text_layers' = {list(value)}: give the indices of the "
                               f"layers to keep, ascending, distinct and >= 0 (e.g. [0,1,3,4,5]), "
                               f"or a count k for the first k")
         return indices
-    if count is None or count < 0:
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0:
         raise ConfigError(f"config 'text_layers' = {value!r} must be a whole number >= 0 (0: every "
                           f"layer of the text encoder), or a list of the layer indices to keep")
     return count

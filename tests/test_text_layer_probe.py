@@ -1,5 +1,5 @@
 """benchmarks/text_layer_probe.py: one row per choice of layers, the first k marked, a cosine to
-the whole encoder; keeping every layer reproduces it; bad input is one line and status 2."""
+the whole encoder below 1 (a layer is missing); bad input is one line and status 2."""
 from __future__ import annotations
 
 import importlib.util

@@ -167,11 +167,11 @@ class JointTrainer:
 
     def do_train(self, model, dataloader, return_epoch_results: bool = False):
         args = self.args
-        # (A loader without a dataset is a benchmark's timed loader; its vocabulary is fitted
-        # when the model is built.)
         # The teacher first: with distill_init the text encoder starts from the teacher's, whose
         # word embedding has every row, and is trimmed after.
         self.teacher = teacher_predictions(args, model.Model)
+        # (A loader without a dataset is a benchmark's timed loader; its vocabulary is fitted
+        # when the model is built.)
         fit_text_vocabulary(model.Model, getattr(dataloader["train"], "dataset", None))
         optimizer, disc_optimizer = self._optimizers(model.Model)
         best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
