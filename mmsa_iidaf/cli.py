@@ -175,11 +175,12 @@ def _compare(options, overrides: dict, feature: str | None, argv: list[str]) -> 
 def _seeds_to_train(options, overrides: dict, feature: str | None) -> list[int]:
     """The seeds of a one-model run whose rows are not yet in its seeds file with the same
     config and feature file: rerunning a command resumes it, as a comparison does."""
-    from .experiments.compare import DEFAULT_SEEDS, finished, plan
+    from . import registry
+    from .experiments.compare import finished, plan
     from .runs import seeds_csv
 
     model = options.model[0]
-    seeds = list(dict.fromkeys(options.seeds)) or list(DEFAULT_SEEDS)
+    seeds = list(dict.fromkeys(options.seeds)) or list(registry.DEFAULT_SEEDS)
     (entry,) = plan([model], options.dataset, config_file=options.config,
                     model_configs=overrides, res_save_dir=options.res_save_dir,
                     custom_feature=feature, feature_T=options.feature_T,

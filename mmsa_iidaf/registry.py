@@ -32,6 +32,8 @@ from .text_encoders import resolve_pretrained
 logger = logging.getLogger("MMSA")
 
 MetricsFactory = Callable[[str], Callable]  # train_mode -> metrics(y_pred, y_true) -> dict
+# The seeds MMSA_run trains when given none (written inline in MMSA/run.py).
+DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 
 
 @dataclass(frozen=True)

@@ -279,8 +279,7 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
             resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
         check_distill_init(preview)
         if preview.get("distill_from") and not is_tune:
-            # MMSA's own default seeds when none are given.
-            for seed in list(seeds) or [1111, 1112, 1113, 1114, 1115]:
+            for seed in list(seeds) or registry.DEFAULT_SEEDS:
                 teacher_seed_row({**preview, "dataset_name": dataset_name, "seed": seed})
         config["config_sha256"] = config_fingerprint(preview)
 

@@ -28,8 +28,6 @@ from ..errors import FeatureFileError, UnknownNameError
 from ..text_encoders import resolve_pretrained
 from . import ablations, executors, statistics
 
-# MMSA_run's default seeds.
-DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 # robustness.KINDS, named here so that a comparison without --robustness does not import
 # robustness (and matplotlib with it).
 ROBUSTNESS_KINDS = ("missing", "noise")
@@ -350,7 +348,7 @@ def compare(models, dataset: str, seeds=(), *, ablation: str | None = None,
     a KeyboardInterrupt during the grid becomes `ComparisonInterrupted` once the table of what
     finished is written."""
     dataset = dataset.lower()
-    seeds = list(dict.fromkeys(seeds)) or list(DEFAULT_SEEDS)
+    seeds = list(dict.fromkeys(seeds)) or list(registry.DEFAULT_SEEDS)
     robustness = list(robustness or [])
     for kind in robustness:
         if kind not in ROBUSTNESS_KINDS:
