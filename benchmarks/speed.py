@@ -176,20 +176,21 @@ def run_args(spec: tuple[str, str, dict], feature_file: Path, text_mode: str,
 
 
 def training_vocabulary(loaders: dict, token_ids):
-    """The training split whose tokens `text_vocabulary: train` models keep: the real feature
-    file's `token_ids` with `--vocabulary` (the parameter count of a run on it), else the
-    synthetic data's."""
+    """The training split's input ids, whose tokens `text_vocabulary: train` models keep: the
+    real feature file's `token_ids` with `--vocabulary` (the parameter count of a run on it),
+    else the synthetic data's."""
     if token_ids is None:
-        return loaders["train"].dataset
-    return [{"text": row} for row in token_ids]
+        return registry.text_token_ids(loaders["train"].dataset)
+    return token_ids
 
 
 def training_token_ids(feature_file: Path):
-    """The train split's `text_bert` of an MMSA pickle, or UserError in one line."""
+    """The train split's input ids (row 0 of its `text_bert`) of an MMSA pickle, or UserError
+    in one line."""
     try:
         with open(feature_file, "rb") as handle:
-            return pickle.load(handle)["train"]["text_bert"]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as error:
+            return pickle.load(handle)["train"]["text_bert"][:, 0]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, IndexError) as error:
         raise UserError(f"--vocabulary {feature_file}: not an MMSA pickle whose train split has "
                         f"text_bert ({type(error).__name__}: {error}); give such a feature file, "
                         f"or drop the option") from None

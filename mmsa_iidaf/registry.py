@@ -377,6 +377,13 @@ def select_modalities(dataset) -> None:
             setattr(dataset, attribute, np.zeros_like(getattr(dataset, attribute)))
 
 
+def text_token_ids(dataset) -> torch.Tensor:
+    """The input ids (N, L) of an MMSA dataset's split that reads text as `text_bert` (its
+    `text` array, (N, 3, L): ids, mask, segments); read from the array, not through the items,
+    which would build every modality of each."""
+    return torch.as_tensor(dataset.text[:, 0])
+
+
 def _bert_encoder_init(original: Callable) -> Callable:
     def __init__(self, use_finetune=False, transformers="bert", pretrained="bert-base-uncased"):
         original(self, use_finetune, transformers, pretrained)

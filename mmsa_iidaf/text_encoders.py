@@ -94,11 +94,20 @@ def resolve_pretrained(name: str) -> Path:
 
 
 @cache
-def encoder_width(name: str) -> int:
-    """Hidden size of the encoder, read from its own config (MMSA assumed 768)."""
+def _encoder_config(name: str):
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(resolve_pretrained(name)).hidden_size)
+    return AutoConfig.from_pretrained(resolve_pretrained(name))
+
+
+def encoder_width(name: str) -> int:
+    """Hidden size of the encoder, read from its own config (MMSA assumed 768)."""
+    return int(_encoder_config(name).hidden_size)
+
+
+def encoder_depth(name: str) -> int:
+    """How many Transformer layers the pretrained encoder has."""
+    return int(_encoder_config(name).num_hidden_layers)
 
 
 def load_tokenizer(name: str):
@@ -166,6 +175,14 @@ def text_layer_choice(value) -> int | tuple[int, ...]:
         raise ConfigError(f"config 'text_layers' = {value!r} must be a whole number >= 0 (0: every "
                           f"layer of the text encoder), or a list of the layer indices to keep")
     return count
+
+
+def kept_layer_indices(choice: int | tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """The pretrained index of each layer that a `text_layer_choice` keeps of an encoder of
+    `depth` layers, in order."""
+    if isinstance(choice, tuple):
+        return choice
+    return tuple(range(choice or depth))
 
 
 def computes_pretrained_states(vocabulary: str) -> bool:
@@ -275,9 +292,7 @@ class TextEncoder(nn.Module):
     @property
     def pretrained_layer_indices(self) -> tuple[int, ...]:
         """The pretrained encoder's index of each layer kept, in order."""
-        if isinstance(self.layers, tuple):
-            return self.layers
-        return tuple(range(self.layers or self.model.config.num_hidden_layers))
+        return kept_layer_indices(self.layers, self.model.config.num_hidden_layers)
 
     @property
     def hidden_size(self) -> int:

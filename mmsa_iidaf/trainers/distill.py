@@ -21,6 +21,7 @@ import json
 import random
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,8 @@ import torch
 
 from .. import runs
 from ..errors import ConfigError
+from ..models.iidaf.settings import iidaf_settings
+from ..text_encoders import encoder_depth, kept_layer_indices, resolve_pretrained
 
 
 @contextmanager
@@ -48,6 +51,46 @@ def check_distill_init(args) -> None:
     if args.get("distill_init") and not args.get("distill_from"):
         raise ConfigError("config 'distill_init' needs 'distill_from' (the teacher whose text "
                           "encoder the student starts from)")
+
+
+class _TextEncoderPlan(NamedTuple):
+    name: str                 # config 'pretrained'
+    directory: Path           # where it resolves
+    layers: tuple[int, ...]   # the pretrained index of each kept layer
+    vocabulary: str
+
+
+def _text_encoder_plan(args) -> _TextEncoderPlan | None:
+    """The text encoder that a plugin model built from `args` has; None when it reads text
+    through none."""
+    settings = iidaf_settings(args)
+    if not (settings.use_bert and "t" in settings.modalities):
+        return None
+    name = str(settings.pretrained)
+    return _TextEncoderPlan(name, resolve_pretrained(name),
+                            kept_layer_indices(settings.text_layers, encoder_depth(name)),
+                            settings.text_vocabulary)
+
+
+def check_teacher_text_encoder(args, teacher_args) -> None:
+    """`distill_init`: the teacher's text encoder (as its config `teacher_args` built it) holds
+    everything the student's starts from: the same pretrained encoder with every token, and each
+    layer the student keeps. Read from the two configs, so it is checked before any training."""
+    student, teacher = _text_encoder_plan(args), _text_encoder_plan(teacher_args)
+    if student is None or teacher is None:
+        raise ConfigError("config 'distill_init' copies the teacher's text encoder: the student "
+                          "and the teacher must both read text through one (use_bert, text among "
+                          "the modalities)")
+    if student.directory != teacher.directory or teacher.vocabulary != "full":
+        trimmed = ", trimmed vocabulary" if teacher.vocabulary != "full" else ""
+        raise ConfigError(f"config 'distill_init': the teacher's text encoder ({teacher.name}"
+                          f"{trimmed}) is not the student's ({student.name}) with every token; "
+                          f"distil from a run of the same encoder with text_vocabulary full")
+    missing = [index for index in student.layers if index not in teacher.layers]
+    if missing:
+        raise ConfigError(f"config 'distill_init': the teacher has no layer {missing[0]} of "
+                          f"{teacher.name}, which the student keeps; distil from a teacher "
+                          f"with every layer the student has")
 
 
 def teacher_seed_row(args) -> pd.Series:
@@ -73,7 +116,10 @@ def teacher_seed_row(args) -> pd.Series:
     if not len(rows):
         raise ConfigError(f"{seeds_csv} has no seed {args['seed']}: train the teacher with "
                           f"-s {args['seed']} first, or distill only the seeds it has")
-    return rows.iloc[-1]
+    row = rows.iloc[-1]
+    if args.get("distill_init"):
+        check_teacher_text_encoder(args, json.loads(row["config"]))
+    return row
 
 
 def teacher_predictions(args, student=None) -> dict[str, float] | None:
@@ -115,29 +161,15 @@ def teacher_targets(teacher: dict[str, float], ids, like: torch.Tensor) -> torch
 
 def start_text_from_teacher(student, teacher) -> None:
     """Copy the teacher network's text encoder into the student's: embeddings, and each layer the
-    student keeps from the teacher's layer of the same pretrained index. Before the student's
-    vocabulary is fitted (its word embedding still has every row, as the teacher's must); a
-    student whose vocabulary is fitted already trained, and keeps its encoder."""
-    encoders = getattr(student, "text_encoder", None), getattr(teacher, "text_encoder", None)
-    if None in encoders:
-        raise ConfigError("config 'distill_init' copies the teacher's text encoder: the student "
-                          "and the teacher must both read text through one (use_bert, text among "
-                          "the modalities)")
-    mine, theirs = encoders
+    student keeps from the teacher's layer of the same pretrained index (the two checked to fit
+    by `check_teacher_text_encoder`). Before the student's vocabulary is fitted (its word
+    embedding still has every row, as the teacher's has); a student whose vocabulary is fitted
+    already trained, and keeps its encoder."""
+    mine, theirs = student.text_encoder, teacher.text_encoder
     if mine.kept_ids is not None:
         return
-    if mine.directory != theirs.directory or theirs.kept_ids is not None:
-        raise ConfigError(f"config 'distill_init': the teacher's text encoder ({theirs.pretrained}"
-                          f"{', trimmed vocabulary' if theirs.kept_ids is not None else ''}) is not "
-                          f"the student's ({mine.pretrained}) with every token; distil from a run "
-                          f"of the same encoder with text_vocabulary full")
     teacher_positions = {index: position
                          for position, index in enumerate(theirs.pretrained_layer_indices)}
-    missing = [index for index in mine.pretrained_layer_indices if index not in teacher_positions]
-    if missing:
-        raise ConfigError(f"config 'distill_init': the teacher has no layer {missing[0]} of "
-                          f"{theirs.pretrained}, which the student keeps; distil from a teacher "
-                          f"with every layer the student has")
     with torch.no_grad():
         mine.model.embeddings.load_state_dict(theirs.model.embeddings.state_dict())
         for position, index in enumerate(mine.pretrained_layer_indices):

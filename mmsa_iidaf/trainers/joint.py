@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError, TrainingDiverged
-from ..registry import metrics_for, model_inputs
+from ..registry import metrics_for, model_inputs, text_token_ids
 from .distill import teacher_predictions, teacher_targets
 
 logger = logging.getLogger("MMSA")
@@ -33,23 +33,19 @@ logger = logging.getLogger("MMSA")
 LOWER_IS_BETTER = ("Loss", "MAE")
 
 
-def fit_text_vocabulary(network, train_dataset) -> None:
-    """`text_vocabulary` "train": the network's text encoder keeps the tokens of `train_dataset`
-    (MMSA's items: "text" is `text_bert`, (3, L)) only. Done before the optimizers are made (the
+def fit_text_vocabulary(network, token_ids) -> None:
+    """`text_vocabulary` "train": the network's text encoder keeps the tokens of `token_ids`
+    (the training split's input ids, (N, L)) only. Done before the optimizers are made (the
     embedding is replaced), once: a later call, or a trimmed checkpoint, keeps the vocabulary."""
     text_encoder = getattr(network, "text_encoder", None)
     if (text_encoder is None or getattr(text_encoder, "vocabulary", "full") != "train"
             or text_encoder.kept_ids is not None):
         return
-    if train_dataset is None:
+    if token_ids is None:
         raise ConfigError("config 'text_vocabulary' = 'train' needs the training split to fit the "
                           "vocabulary on; fit it (`fit_text_vocabulary`) before training")
-    # Items of the dataset, not batches of the loader: iterating the loader would draw from the
-    # shuffling RNG and change the run.
-    token_ids = torch.stack([torch.as_tensor(train_dataset[i]["text"])[0]
-                             for i in range(len(train_dataset))])
     before = sum(p.numel() for p in text_encoder.parameters())
-    kept = text_encoder.fit_vocabulary(token_ids)
+    kept = text_encoder.fit_vocabulary(torch.as_tensor(token_ids))
     after = sum(p.numel() for p in text_encoder.parameters())
     embedding = text_encoder.model.get_input_embeddings()
     others = (f"at rank {text_encoder.unseen_rank} ({embedding.kept_energy:.0%} of their "
@@ -172,7 +168,9 @@ class JointTrainer:
         self.teacher = teacher_predictions(args, model.Model)
         # (A loader without a dataset is a benchmark's timed loader; its vocabulary is fitted
         # when the model is built.)
-        fit_text_vocabulary(model.Model, getattr(dataloader["train"], "dataset", None))
+        train_dataset = getattr(dataloader["train"], "dataset", None)
+        fit_text_vocabulary(model.Model, None if train_dataset is None
+                            else text_token_ids(train_dataset))
         optimizer, disc_optimizer = self._optimizers(model.Model)
         best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
         epoch_results = {"train": [], "valid": [], "test": []}
