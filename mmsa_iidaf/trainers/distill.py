@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import runs
+from .. import registry, runs
 from ..errors import ConfigError
 from ..models.iidaf.settings import iidaf_settings
 from ..text_encoders import (computes_pretrained_states, encoder_depth, kept_layer_indices,
@@ -64,7 +64,9 @@ class _TextEncoderPlan(NamedTuple):
 
 def _text_encoder_plan(args) -> _TextEncoderPlan | None:
     """The text encoder that a plugin model built from `args` has; None when it reads text
-    through none."""
+    through none (or is one of MMSA's models, whose BERT is another module)."""
+    if args.get("model_name") not in registry.MODELS:
+        return None
     settings = iidaf_settings(args)
     if not (settings.use_bert and "t" in settings.modalities):
         return None
@@ -81,8 +83,8 @@ def check_teacher_text_encoder(args, teacher_args) -> None:
     student, teacher = _text_encoder_plan(args), _text_encoder_plan(teacher_args)
     if student is None or teacher is None:
         raise ConfigError("config 'distill_init' copies the teacher's text encoder: the student "
-                          "and the teacher must both read text through one (use_bert, text among "
-                          "the modalities)")
+                          "and the teacher must both be this plugin's models that read text "
+                          "through one (use_bert, text among the modalities)")
     if student.directory != teacher.directory or teacher.vocabulary != "full":
         trimmed = ", trimmed vocabulary" if teacher.vocabulary != "full" else ""
         raise ConfigError(f"config 'distill_init': the teacher's text encoder ({teacher.name}"
