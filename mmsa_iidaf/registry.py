@@ -379,8 +379,9 @@ def select_modalities(dataset) -> None:
 
 def text_token_ids(dataset) -> torch.Tensor:
     """The input ids (N, L) of an MMSA dataset's split that reads text as `text_bert` (its
-    `text` array, (N, 3, L): ids, mask, segments); read from the array, not through the items,
-    which would build every modality of each."""
+    `text` array, (N, 3, L): ids, mask, segments); read from the array, not through the items
+    (which would build every modality of each) nor the loader (which would draw from the
+    shuffling RNG and change the run)."""
     return torch.as_tensor(dataset.text[:, 0])
 
 
