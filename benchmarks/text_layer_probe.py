@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mmsa_iidaf.errors import ConfigError, UserError
-from mmsa_iidaf.text_encoders import STAND_IN, TextEncoder, resolve_pretrained
+from mmsa_iidaf.text_encoders import STAND_IN, TextEncoder, encoder_depth
 
 BATCH_SIZE = 64
 
@@ -37,9 +37,7 @@ def pooled_states(encoder: TextEncoder, text_bert: torch.Tensor) -> torch.Tensor
 
 
 def probe(pretrained: str, text_bert: np.ndarray, keep_counts: list[int]) -> list[dict]:
-    from transformers import AutoConfig
-
-    available = AutoConfig.from_pretrained(resolve_pretrained(pretrained)).num_hidden_layers
+    available = encoder_depth(pretrained)
     if not all(0 < count < available for count in keep_counts):
         raise ConfigError(f"--keep {keep_counts}: {pretrained} has {available} layers; give counts "
                           f"1 to {available - 1}")
