@@ -44,6 +44,9 @@ class ModelEntry:
     # Whether the model trains with cross-entropy on a classification dataset; MMSA's models
     # regress the label, and their output is thresholded by the dataset's metrics.
     classification: bool = False
+    # Completes and checks a run's config (raises ConfigError), so that bad settings stop the
+    # run before MMSA makes its folders; None: checked when the model is built.
+    settings: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,15 @@ DATA_HOOKS: list[Callable] = []
 
 
 def register_model(name: str, model: type, trainer: type, *, classification: bool = False,
-                   config: dict | None = None, tune_config: dict | None = None) -> None:
+                   config: dict | None = None, tune_config: dict | None = None,
+                   settings: Callable | None = None) -> None:
     """Make `name` a model of MMSA. `config`/`tune_config`: its section of config_regression.json
-    / config_tune.json ({"commonParams": ..., "datasetParams": ...}), when not in configs/."""
+    / config_tune.json ({"commonParams": ..., "datasetParams": ...}), when not in configs/.
+    `settings(args)`: the model's own config check, run on a run's config before any training."""
     import MMSA.run
 
     name = name.lower()
-    MODELS[name] = ModelEntry(name, model, trainer, classification)
+    MODELS[name] = ModelEntry(name, model, trainer, classification, settings)
     if name.upper() not in map(str.upper, MMSA.run.SUPPORTED_MODELS):
         MMSA.run.SUPPORTED_MODELS.append(name)
     for kind, section in (("regression", config), ("tune", tune_config)):
@@ -146,6 +151,13 @@ def train_mode(model_name: str, dataset_name: str) -> str:
     if dataset_task(dataset_name) == "classification" and entry and entry.classification:
         return "classification"
     return "regression"
+
+
+def check_model_settings(model_name: str, args) -> None:
+    """A plugin model's own config check on a run's config (ConfigError); nothing for MMSA's."""
+    entry = MODELS.get(model_name.lower())
+    if entry and entry.settings:
+        entry.settings(args)
 
 
 def metrics_for(args) -> Callable:

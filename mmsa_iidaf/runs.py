@@ -250,6 +250,17 @@ def config_fingerprint(preview) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_before_training(model_name: str, preview: dict, is_tune: bool = False) -> None:
+    """What a run's config (`preview_config`) can be checked for before MMSA makes any folder:
+    the model's own settings, the feature files, the text encoder, `distill_init`."""
+    if not is_tune:  # a tuning config holds lists of values; each trial's is checked at build
+        registry.check_model_settings(model_name, preview)
+    check_feature_files(preview)
+    if uses_bert(preview):
+        resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
+    check_distill_init(preview)
+
+
 def make_mmsa_run(mmsa_run: Callable) -> Callable:
     """MMSA_run with MMSA's signature, checked before any training starts."""
 
@@ -274,10 +285,7 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
             raise ConfigError(f"config 'distill_from': {model_name}'s trainer is MMSA's, which "
                               f"reads no teacher; distil into one of "
                               f"{', '.join(sorted(registry.MODELS))}, or drop distill_from")
-        check_feature_files(preview)
-        if uses_bert(preview):
-            resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
-        check_distill_init(preview)
+        check_before_training(model_name, preview, is_tune)
         if preview.get("distill_from") and not is_tune:
             for seed in list(seeds) or registry.DEFAULT_SEEDS:
                 teacher_seed_row({**preview, "dataset_name": dataset_name, "seed": seed})

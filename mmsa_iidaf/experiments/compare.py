@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from .. import compat, registry, runs
 from ..errors import FeatureFileError, UnknownNameError
-from ..text_encoders import resolve_pretrained
 from . import ablations, executors, statistics
 
 # robustness.KINDS, named here so that a comparison without --robustness does not import
@@ -90,9 +89,7 @@ def plan(models, dataset, *, ablation=None, config_file=None, config=None, model
             run_config["run_name"] = name
         run_config = runs.run_config(model, dataset, run_config, res_save_dir)
         preview = runs.preview_config(model, dataset, config_file, run_config, **feature_paths)
-        runs.check_feature_files(preview)
-        if runs.uses_bert(preview):
-            resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
+        runs.check_before_training(model, preview)
         feature = runs.feature_files(preview)[0].resolve()
         if feature not in hashes:
             hashes[feature] = runs.file_sha256(feature)

@@ -9,7 +9,7 @@ from easydict import EasyDict
 
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.text_encoders import VOCABULARIES as TEXT_VOCABULARIES
-from mmsa_iidaf.text_encoders import text_layer_choice
+from mmsa_iidaf.text_encoders import check_text_encoder, text_layer_choice
 
 MODALITY_ORDER = "tav"  # the order of MMSA's per-modality lists: feature_dims, enc_layers, enc_heads
 
@@ -134,6 +134,9 @@ def iidaf_settings(args) -> EasyDict:
             f"config 'modalities' = '{modalities}' must be a non-empty subset of 'tav' without repeats"
         )
     settings.modalities = "".join(m for m in MODALITY_ORDER if m in modalities)
+    if settings.use_bert and "t" in settings.modalities:
+        check_text_encoder(settings.pretrained, settings.text_layers, settings.text_vocabulary,
+                           settings.text_unseen_rank)
 
     width = int(settings.d_model)
     heads = {f"enc_heads[{m}]": settings.enc_heads[m] for m in settings.modalities}
