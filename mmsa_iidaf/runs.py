@@ -27,6 +27,7 @@ from . import compat, encoder_cache, registry
 from .data.validate import load_and_validate
 from .errors import ConfigError, FeatureFileError
 from .text_encoders import encoder_width, resolve_pretrained
+from .trainers.averaging import ema_decay
 from .trainers.distill import check_distill_init, teacher_seed_row
 
 DEFAULT_HOME = Path.home() / "MMSA"
@@ -255,6 +256,11 @@ def check_before_training(model_name: str, preview: dict, is_tune: bool = False)
     the model's own settings, the feature files, the text encoder, `distill_init`."""
     if not is_tune:  # a tuning config holds lists of values; each trial's is checked at build
         registry.check_model_settings(model_name, preview)
+        if preview.get("ema_decay") and model_name not in registry.MODELS:
+            raise ConfigError(f"config 'ema_decay': {model_name}'s trainer is MMSA's, which "
+                              f"averages no weights; use it with one of "
+                              f"{', '.join(sorted(registry.MODELS))}, or drop ema_decay")
+        ema_decay(preview)
     check_feature_files(preview)
     if uses_bert(preview):
         resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))

@@ -12,11 +12,13 @@ has `main_parameters()`, `text_encoder_parameters()` and `discriminator_paramete
 objective has `task_targets`, `task_loss` and `__call__` (a dict of terms with 'total' and 'L_T').
 IIDAF's trainer adds modality selection and diagnostics (`trainers/iidaf.py`). With
 `distill_from`, each batch's loss adds `distill_weight` × L_KD, the task loss against a finished
-run's predictions (`trainers/distill.py`).
+run's predictions (`trainers/distill.py`). With `ema_decay`, validation, the checkpoint and so
+the test read an average of the weights over the last steps (`trainers/averaging.py`).
 """
 from __future__ import annotations
 
 import logging
+import contextlib
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, TrainingDiverged
 from ..registry import metrics_for, model_inputs, text_token_ids
+from .averaging import WeightAverage, ema_decay
 from .distill import teacher_predictions, teacher_targets
 
 logger = logging.getLogger("MMSA")
@@ -63,6 +66,8 @@ class JointTrainer:
         self.metrics = metrics_for(args)
         self.lower_is_better = args.KeyEval in LOWER_IS_BETTER
         self.teacher = None  # {training sample id: prediction} with `distill_from`
+        self.ema_decay = ema_decay(args)
+        self.average = None  # the WeightAverage of a training with `ema_decay`
 
     # --- training ------------------------------------------------------------------------
 
@@ -133,6 +138,8 @@ class JointTrainer:
             if args.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(network.main_parameters(), args.grad_clip)
             optimizer.step()
+            if self.average is not None:
+                self.average.update()
 
             for key, value in losses.items():
                 number = value.item()
@@ -172,17 +179,23 @@ class JointTrainer:
         fit_text_vocabulary(model.Model, None if train_dataset is None
                             else text_token_ids(train_dataset))
         optimizer, disc_optimizer = self._optimizers(model.Model)
+        if self.ema_decay:
+            self.average = WeightAverage([*model.Model.main_parameters(),
+                                          *model.Model.text_encoder_parameters()],
+                                         self.ema_decay)
         best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
         epoch_results = {"train": [], "valid": [], "test": []}
         for epoch in range(1, int(args.get("max_epochs", 100)) + 1):
             train_results = self._train_epoch(model, dataloader["train"], optimizer,
                                               disc_optimizer, epoch)
-            valid_results = self.validate(model, dataloader["valid"])
-            current = valid_results[args.KeyEval]
-            improved = self._is_better(current, best)
-            if improved:
-                best, best_epoch = current, epoch
-                torch.save(model.state_dict(), args.model_save_path)
+            averaged = self.average.swapped_in() if self.average else contextlib.nullcontext()
+            with averaged:
+                valid_results = self.validate(model, dataloader["valid"])
+                current = valid_results[args.KeyEval]
+                improved = self._is_better(current, best)
+                if improved:
+                    best, best_epoch = current, epoch
+                    torch.save(model.state_dict(), args.model_save_path)
             logger.info(
                 f"EPOCH-({args.model_name}) {epoch}: valid {args.KeyEval} {current:.4f}, best "
                 f"{best:.4f} at epoch {best_epoch}{' (saved)' if improved else ''}"
