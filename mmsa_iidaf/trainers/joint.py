@@ -17,8 +17,8 @@ the test read an average of the weights over the last steps (`trainers/averaging
 """
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -188,7 +188,8 @@ class JointTrainer:
         for epoch in range(1, int(args.get("max_epochs", 100)) + 1):
             train_results = self._train_epoch(model, dataloader["train"], optimizer,
                                               disc_optimizer, epoch)
-            averaged = self.average.swapped_in() if self.average else contextlib.nullcontext()
+            averaged = (self.average.swapped_in() if self.average is not None
+                        else contextlib.nullcontext())
             with averaged:
                 valid_results = self.validate(model, dataloader["valid"])
                 current = valid_results[args.KeyEval]
