@@ -15,6 +15,7 @@ import argparse
 import itertools
 import pickle
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +37,31 @@ def pooled_states(encoder: TextEncoder, text_bert: torch.Tensor) -> torch.Tensor
     return torch.cat(pooled)
 
 
+@contextmanager
+def kept_layers(encoder: TextEncoder, layers: tuple[int, ...]):
+    """The encoder with only `layers` of its stack, in order, for the block: the same modules as
+    `TextEncoder(layers=[...])` loads, from one encoder for every choice; the stack back after."""
+    whole = encoder.model.encoder.layer
+    encoder.model.encoder.layer = torch.nn.ModuleList(whole[index] for index in layers)
+    try:
+        yield encoder
+    finally:
+        encoder.model.encoder.layer = whole
+
+
 def probe(pretrained: str, text_bert: np.ndarray, keep_counts: list[int]) -> list[dict]:
     available = encoder_depth(pretrained)
     if not all(0 < count < available for count in keep_counts):
         raise ConfigError(f"--keep {keep_counts}: {pretrained} has {available} layers; give counts "
                           f"1 to {available - 1}")
     text_bert = torch.from_numpy(np.asarray(text_bert, dtype=np.float32))
-    reference = pooled_states(TextEncoder(pretrained).eval(), text_bert)
+    encoder = TextEncoder(pretrained).eval()
+    reference = pooled_states(encoder, text_bert)
     rows = []
     for count in keep_counts:
         for layers in itertools.combinations(range(available), count):
-            states = pooled_states(TextEncoder(pretrained, layers=list(layers)).eval(), text_bert)
+            with kept_layers(encoder, layers):
+                states = pooled_states(encoder, text_bert)
             cosine = torch.nn.functional.cosine_similarity(states, reference, dim=1)
             rows.append({"layers": list(layers), "median_cosine": float(cosine.median()),
                          "first_k": layers == tuple(range(count))})

