@@ -28,7 +28,7 @@ from .data.validate import load_and_validate
 from .errors import ConfigError, FeatureFileError
 from .text_encoders import encoder_width, resolve_pretrained
 from .trainers.averaging import ema_decay
-from .trainers.distill import check_distill_init, teacher_seed_row
+from .trainers.distill import check_distill_init, teacher_seed_rows
 
 DEFAULT_HOME = Path.home() / "MMSA"
 MODALITIES = "tav"
@@ -294,7 +294,7 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
         check_before_training(model_name, preview, is_tune)
         if preview.get("distill_from") and not is_tune:
             for seed in list(seeds) or registry.DEFAULT_SEEDS:
-                teacher_seed_row({**preview, "dataset_name": dataset_name, "seed": seed})
+                teacher_seed_rows({**preview, "dataset_name": dataset_name, "seed": seed})
         config["config_sha256"] = config_fingerprint(preview)
 
         return mmsa_run(

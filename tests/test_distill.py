@@ -75,6 +75,18 @@ def test_the_teachers_predictions_are_its_checkpoints_on_the_training_split(feat
         teacher_targets(teacher, ["elsewhere"], torch.zeros(1, 1))
 
 
+def test_with_every_seed_the_teacher_is_the_mean_of_its_seeds(feature_file, teacher_dir):
+    args = EasyDict(distill_from=str(teacher_dir), dataset_name="mosi", seed=1,
+                    custom_feature=str(feature_file), train_mode="regression")
+    one, two = teacher_predictions(args), teacher_predictions(EasyDict({**args, "seed": 2}))
+    for seed in (1, 2):  # the same ensemble whichever the student's seed
+        ensemble = teacher_predictions(EasyDict({**args, "seed": seed, "distill_seeds": "all"}))
+        assert sorted(ensemble) == sorted(one)
+        assert [ensemble[i] for i in one] == pytest.approx([(one[i] + two[i]) / 2 for i in one])
+    with pytest.raises(ConfigError, match="'distill_seeds' = 'some' must be one of same, all"):
+        teacher_predictions(EasyDict({**args, "distill_seeds": "some"}))
+
+
 def test_distillation_enters_the_loss_and_leaves_the_random_stream(feature_file, teacher_dir,
                                                                    tmp_path, caplog):
     plain = train(feature_file, tmp_path / "plain")

@@ -10,6 +10,10 @@ loss, L_KD being the task loss L_T between the student's prediction and the teac
 and test read the labels only (the teacher's checkpoint was chosen on validation, so a student
 that imitates it inherits its validation fit: benchmarks/lite_selection.md).
 
+`distill_seeds: all` (default "same") makes the teacher the mean prediction of every seed of
+that run (its newest row per seed) instead of the student's seed alone: an ensemble of the runs,
+whose training-split predictions carry less of any one run's fit to noise.
+
 `distill_init: true` (with `distill_from`) also starts the student's text encoder from the
 teacher's fine-tuned one instead of the pretrained weights: the embeddings, and for each layer the
 student keeps, the teacher's layer of the same pretrained index (the student's other parts differ
@@ -103,10 +107,14 @@ def check_teacher_text_encoder(args, teacher_args) -> None:
                           f"with every layer the student has")
 
 
-def teacher_seed_row(args) -> pd.Series:
-    """The seeds row of the teacher: `{distill_from}/{distill_model}-{dataset}-seeds.csv`, the
-    newest row of the student's seed; ConfigError when there is none or the run cannot be
-    distilled (checked before any training, and again when the teacher is built)."""
+DISTILL_SEEDS = ("same", "all")
+
+
+def teacher_seed_rows(args) -> list[pd.Series]:
+    """The seeds rows of the teacher: `{distill_from}/{distill_model}-{dataset}-seeds.csv`, the
+    newest row of the student's seed (`distill_seeds: same`) or of every seed in it (`all`);
+    ConfigError when there is none or the run cannot be distilled (checked before any training,
+    and again when the teacher is built)."""
     if args.get("train_mode", "regression") != "regression":
         raise ConfigError("config 'distill_from' distils a regression teacher; this run is "
                           f"'{args['train_mode']}': drop distill_from")
@@ -114,6 +122,11 @@ def teacher_seed_row(args) -> pd.Series:
         raise ConfigError(f"config 'distill_weight' = {args['distill_weight']} must be >= 0")
     if args.get("distill_init") not in (None, True, False):
         raise ConfigError(f"config 'distill_init' = {args['distill_init']!r} must be true or false")
+    seeds = args.get("distill_seeds", "same")
+    if seeds not in DISTILL_SEEDS:
+        raise ConfigError(f"config 'distill_seeds' = {seeds!r} must be one of "
+                          f"{', '.join(DISTILL_SEEDS)} (the student's seed of the teacher run, "
+                          f"or the mean of all its seeds)")
     folder = Path(str(args["distill_from"])).expanduser()
     name = str(args.get("distill_model", "iidaf"))
     seeds_csv = runs.seeds_csv(folder, name, args["dataset_name"])
@@ -122,39 +135,45 @@ def teacher_seed_row(args) -> pd.Series:
                           f"--res-save-dir of a finished '{name}' run on {args['dataset_name']} "
                           f"(or set distill_model)")
     rows = pd.read_csv(seeds_csv)
-    rows = rows[rows["seed"] == int(args["seed"])]
-    if not len(rows):
+    own = rows[rows["seed"] == int(args["seed"])]
+    if not len(own):
         raise ConfigError(f"{seeds_csv} has no seed {args['seed']}: train the teacher with "
                           f"-s {args['seed']} first, or distill only the seeds it has")
-    row = rows.iloc[-1]
-    if args.get("distill_init"):
-        check_teacher_text_encoder(args, json.loads(row["config"]))
-    return row
+    if args.get("distill_init"):  # the encoder starts from the student's seed of the teacher
+        check_teacher_text_encoder(args, json.loads(own.iloc[-1]["config"]))
+    if seeds == "same":
+        return [own.iloc[-1]]
+    return [group.iloc[-1] for _, group in rows.groupby("seed", sort=True)]
 
 
 def teacher_predictions(args, student=None) -> dict[str, float] | None:
-    """{training sample id: the teacher's prediction}, or None without `distill_from`. With
-    `distill_init`, `student` (the network about to train) takes the teacher's text encoder
-    first (`start_text_from_teacher`)."""
+    """{training sample id: the teacher's prediction (the mean over its seeds with
+    `distill_seeds: all`)}, or None without `distill_from`. With `distill_init`, `student` (the
+    network about to train) takes the text encoder of the student's seed of the teacher first
+    (`start_text_from_teacher`)."""
     check_distill_init(args)
     if not args.get("distill_from"):
         return None
     # (analysis.checkpoint reads runs' names at import: imported here, after runs is loaded.)
     from ..analysis.checkpoint import in_order, load_run, row_checkpoint
 
-    row = teacher_seed_row(args)
     feature_file = runs.feature_files(args)[0]
-    with _untouched_random_state():
-        teacher = load_run(json.loads(row["config"]), row_checkpoint(row), feature_file)
-        if teacher.other_features:
-            raise ConfigError(f"the teacher in {args['distill_from']} (seed {args['seed']}) was "
-                              f"trained on another feature file than {feature_file} (sha256 "
-                              f"differs): distil from a run on this file")
-        if student is not None and args.get("distill_init"):
-            start_text_from_teacher(student, teacher.model.Model)
-        predicted = teacher.trainer.predict(teacher.model, in_order(teacher.loaders["train"]))
-    return {sample_id: float(value)
-            for sample_id, value in zip(predicted["ids"], predicted["M"].reshape(-1))}
+    predictions = []
+    for row in teacher_seed_rows(args):
+        with _untouched_random_state():
+            teacher = load_run(json.loads(row["config"]), row_checkpoint(row), feature_file)
+            if teacher.other_features:
+                raise ConfigError(f"the teacher in {args['distill_from']} (seed {row['seed']}) "
+                                  f"was trained on another feature file than {feature_file} "
+                                  f"(sha256 differs): distil from a run on this file")
+            if (student is not None and args.get("distill_init")
+                    and int(row["seed"]) == int(args["seed"])):
+                start_text_from_teacher(student, teacher.model.Model)
+            predicted = teacher.trainer.predict(teacher.model,
+                                                in_order(teacher.loaders["train"]))
+        predictions.append(dict(zip(predicted["ids"], predicted["M"].reshape(-1).tolist())))
+    return {sample_id: float(np.mean([seed[sample_id] for seed in predictions]))
+            for sample_id in predictions[0]}
 
 
 def teacher_targets(teacher: dict[str, float], ids, like: torch.Tensor) -> torch.Tensor:
