@@ -83,6 +83,8 @@ def test_with_every_seed_the_teacher_is_the_mean_of_its_seeds(feature_file, teac
         ensemble = teacher_predictions(EasyDict({**args, "seed": seed, "distill_seeds": "all"}))
         assert sorted(ensemble) == sorted(one)
         assert [ensemble[i] for i in one] == pytest.approx([(one[i] + two[i]) / 2 for i in one])
+    # A student seed the teacher run lacks still has the mean of the seeds it has.
+    assert teacher_predictions(EasyDict({**args, "seed": 7, "distill_seeds": "all"})) == ensemble
     with pytest.raises(ConfigError, match="'distill_seeds' = 'some' must be one of same, all"):
         teacher_predictions(EasyDict({**args, "distill_seeds": "some"}))
 

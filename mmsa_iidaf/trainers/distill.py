@@ -136,7 +136,8 @@ def teacher_seed_rows(args) -> list[pd.Series]:
                           f"(or set distill_model)")
     rows = pd.read_csv(seeds_csv)
     own = rows[rows["seed"] == int(args["seed"])]
-    if not len(own):
+    # The mean of every seed needs none of the student's seed, unless its encoder starts there.
+    if not len(own) and (seeds == "same" or args.get("distill_init") or not len(rows)):
         raise ConfigError(f"{seeds_csv} has no seed {args['seed']}: train the teacher with "
                           f"-s {args['seed']} first, or distill only the seeds it has")
     if args.get("distill_init"):  # the encoder starts from the student's seed of the teacher
