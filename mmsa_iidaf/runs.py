@@ -251,15 +251,21 @@ def config_fingerprint(preview) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Keys only this plugin's trainer reads: what MMSA's trainers would silently ignore.
+PLUGIN_TRAINER_KEYS = {"distill_from": "reads no teacher", "ema_decay": "averages no weights"}
+
+
 def check_before_training(model_name: str, preview: dict, is_tune: bool = False) -> None:
     """What a run's config (`preview_config`) can be checked for before MMSA makes any folder:
-    the model's own settings, the feature files, the text encoder, `distill_init`."""
+    the trainer's keys, the model's own settings, the feature files, the text encoder,
+    `distill_init`."""
+    for key, ignored in PLUGIN_TRAINER_KEYS.items():
+        if preview.get(key) and model_name not in registry.MODELS:
+            raise ConfigError(f"config '{key}': {model_name}'s trainer is MMSA's, which "
+                              f"{ignored}; use it with one of "
+                              f"{', '.join(sorted(registry.MODELS))}, or drop {key}")
     if not is_tune:  # a tuning config holds lists of values; each trial's is checked at build
         registry.check_model_settings(model_name, preview)
-        if preview.get("ema_decay") and model_name not in registry.MODELS:
-            raise ConfigError(f"config 'ema_decay': {model_name}'s trainer is MMSA's, which "
-                              f"averages no weights; use it with one of "
-                              f"{', '.join(sorted(registry.MODELS))}, or drop ema_decay")
         ema_decay(preview)
     check_feature_files(preview)
     if uses_bert(preview):
@@ -287,10 +293,6 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
         preview = preview_config(model_name, dataset_name, config_file, config, is_tune,
                                  custom_feature=custom_feature, feature_T=feature_T,
                                  feature_A=feature_A, feature_V=feature_V)
-        if preview.get("distill_from") and model_name not in registry.MODELS:
-            raise ConfigError(f"config 'distill_from': {model_name}'s trainer is MMSA's, which "
-                              f"reads no teacher; distil into one of "
-                              f"{', '.join(sorted(registry.MODELS))}, or drop distill_from")
         check_before_training(model_name, preview, is_tune)
         if preview.get("distill_from") and not is_tune:
             for seed in list(seeds) or registry.DEFAULT_SEEDS:
