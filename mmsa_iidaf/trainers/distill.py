@@ -147,6 +147,21 @@ def teacher_seed_rows(args) -> list[pd.Series]:
     return [group.iloc[-1] for _, group in rows.groupby("seed", sort=True)]
 
 
+# With `distill_seeds: all` every student seed of a run reads the same teachers: each teacher's
+# predictions are computed once per process, keyed by its checkpoint and the feature file with
+# their mtimes (a retrained teacher or a rewritten file is predicted again).
+_TEACHER_PREDICTIONS: dict[tuple, dict[str, float]] = {}
+
+
+def _predictions_key(checkpoint: Path, feature_file: Path) -> tuple | None:
+    """None where a file is missing (`load_run` then says which, in one line)."""
+    try:
+        return tuple((str(path.resolve()), path.stat().st_mtime_ns)
+                     for path in (Path(checkpoint), Path(feature_file)))
+    except OSError:
+        return None
+
+
 def teacher_predictions(args, student=None) -> dict[str, float] | None:
     """{training sample id: the teacher's prediction (the mean over its seeds with
     `distill_seeds: all`)}, or None without `distill_from`. With `distill_init`, `student` (the
@@ -161,18 +176,26 @@ def teacher_predictions(args, student=None) -> dict[str, float] | None:
     feature_file = runs.feature_files(args)[0]
     predictions = []
     for row in teacher_seed_rows(args):
+        starts_student = (student is not None and args.get("distill_init")
+                          and int(row["seed"]) == int(args["seed"]))
+        checkpoint = row_checkpoint(row)
+        key = _predictions_key(checkpoint, feature_file)
+        if key in _TEACHER_PREDICTIONS and not starts_student:
+            predictions.append(_TEACHER_PREDICTIONS[key])
+            continue
         with _untouched_random_state():
-            teacher = load_run(json.loads(row["config"]), row_checkpoint(row), feature_file)
+            teacher = load_run(json.loads(row["config"]), checkpoint, feature_file)
             if teacher.other_features:
                 raise ConfigError(f"the teacher in {args['distill_from']} (seed {row['seed']}) "
                                   f"was trained on another feature file than {feature_file} "
                                   f"(sha256 differs): distil from a run on this file")
-            if (student is not None and args.get("distill_init")
-                    and int(row["seed"]) == int(args["seed"])):
+            if starts_student:
                 start_text_from_teacher(student, teacher.model.Model)
             predicted = teacher.trainer.predict(teacher.model,
                                                 in_order(teacher.loaders["train"]))
         predictions.append(dict(zip(predicted["ids"], predicted["M"].reshape(-1).tolist())))
+        if key is not None:
+            _TEACHER_PREDICTIONS[key] = predictions[-1]
     return {sample_id: float(np.mean([seed[sample_id] for seed in predictions]))
             for sample_id in predictions[0]}
 
