@@ -73,8 +73,9 @@ def test_exact_switches_leave_eval_outputs_unchanged(switch):
 
 
 def test_fused_attention_layer_matches_torch_in_training_without_dropout():
-    """With dropout off, training-mode outputs and gradients agree too: only the attention
-    dropout's random draws differ between the two layers."""
+    """With dropout off, training-mode outputs and gradients agree too at the real frames (the
+    fused layer runs its frame-wise parts on those only and gives zeros at padding): only the
+    dropouts' random draws differ between the two layers."""
     torch.manual_seed(0)
     fused = transformer_encoder(16, 2, 2, 0.0, "sdpa").train()
     plain = transformer_encoder(16, 2, 2, 0.0, "torch").train()
@@ -85,6 +86,7 @@ def test_fused_attention_layer_matches_torch_in_training_without_dropout():
     y_fused = fused(x, src_key_padding_mask=padding)
     y_plain = plain(x, src_key_padding_mask=padding)
     torch.testing.assert_close(y_fused[real], y_plain[real], atol=1e-5, rtol=0)
+    assert not y_fused[padding].any()
     grads = [torch.autograd.grad(y[real].square().sum(), x)[0] for y in (y_fused, y_plain)]
     torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=0)
 
@@ -137,6 +139,27 @@ def test_compiled_text_path_keeps_the_padding_and_gives_the_same_outputs(monkeyp
         trimmed = model(*inputs, **lengths)
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
         kept = model(*inputs, **lengths)
+    assert_same_outputs(trimmed, kept)
+
+
+def test_audio_and_vision_attend_over_the_batchs_longest_clip_only(monkeypatch):
+    """The frames after the batch's longest audio / vision clip are cut before the encoders (the
+    Transformers see 9 and 7 of 30 frames here), with the same eval outputs as when the padding
+    is kept (masked), as under torch.compile."""
+    reference, _ = pair()
+    inputs, lengths = make_inputs()
+    padded = tuple(torch.cat([x, torch.zeros(BATCH, 30 - x.shape[1], x.shape[2])], dim=1) if i
+                   else x for i, x in enumerate(inputs))
+    seen = {}
+    for m in "av":
+        reference.encoder.modality_encoders[m].transformer.register_forward_pre_hook(
+            lambda module, args, m=m: seen.__setitem__(m, args[0].shape[1]))
+    with torch.no_grad():
+        trimmed = reference(*padded, **lengths)
+        assert seen == {"a": 9, "v": 7}
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        kept = reference(*padded, **lengths)
+    assert seen == {"a": 30, "v": 30}
     assert_same_outputs(trimmed, kept)
 
 

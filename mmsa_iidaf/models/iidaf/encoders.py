@@ -32,36 +32,57 @@ def sinusoidal_positions(length: int, width: int, device=None, dtype=None) -> Te
 class SDPAEncoderLayer(nn.TransformerEncoderLayer):
     """torch's post-norm `TransformerEncoderLayer`, same parameters (checkpoints load either way),
     whose self-attention always runs `F.scaled_dot_product_attention` with the padding mask
-    broadcast over heads and queries, in training and in eval alike.
+    broadcast over heads and queries, in training and in eval alike, and whose frame-wise parts
+    (the projections, norms and feed-forward block) run on the real frames only.
 
     Why not torch's own layer: in eval it takes a fast path that materialises a (B·H, L, L) masked
     softmax, and in training `MultiheadAttention` expands the padding mask to (B·H, L, L) floats;
     at MOSI's 375 audio and 500 vision frames both cost several times SDPA's fused kernels
-    (benchmarks/speed.md). The function computed is the same (tests/test_speed_switches.py).
+    (benchmarks/speed.md). And a batch's clips differ in length, so a dense layer spends its
+    feed-forward blocks on padding frames (MMSA pads every clip to the batch's longest). The
+    function computed at real frames is the same (tests/test_speed_switches.py); padding frames
+    come out as zeros, which nothing downstream reads (masked attention, masked pooling).
     """
 
     def forward(self, src: Tensor, src_mask: Tensor | None = None,
                 src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         if src_mask is not None or is_causal:
             raise ValueError("SDPAEncoderLayer takes a key padding mask only")
-        x = self.norm1(src + self._attention(src, src_key_padding_mask))
-        return self.norm2(x + self._ff_block(x))
-
-    def _attention(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        attention = self.self_attn
-        batch, length, width = x.shape
-        heads = attention.num_heads
-        qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
-        query, key, value = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        mask = None
-        if key_padding_mask is not None:
+        padding = src_key_padding_mask
+        if padding is not None and padding.dtype != torch.bool:
             # nn.TransformerEncoder hands its layers the mask as floats (0 real, -inf padding).
-            mask = (~key_padding_mask if key_padding_mask.dtype == torch.bool
-                    else key_padding_mask == 0)[:, None, None, :]
+            padding = padding != 0
+        if padding is None or torch.compiler.is_compiling():
+            # Under torch.compile the packing's data-dependent frame count would break the graph.
+            x = self.norm1(src + self._attention(src, padding))
+            return self.norm2(x + self._ff_block(x))
+        real = ~padding
+        frames = src[real]  # (N, D): the batch's real frames, packed
+        x = self.norm1(frames + self._attention(frames, padding, src.shape[:2]))
+        x = self.norm2(x + self._ff_block(x))
+        return x.new_zeros(src.shape).index_put((real,), x)
+
+    def _attention(self, x: Tensor, padding: Tensor | None,
+                   packed_shape: torch.Size | None = None) -> Tensor:
+        """Self-attention over (B, L, D) frames, or over packed (N, D) real frames of a (B, L)
+        batch (`packed_shape`), which come back packed."""
+        attention = self.self_attn
+        heads = attention.num_heads
+        width = x.shape[-1]
+        qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
+        if packed_shape is not None:
+            # Padding frames' queries, keys and values as zeros: their keys are masked and their
+            # queries' outputs dropped below.
+            qkv = qkv.new_zeros(*packed_shape, 3 * width).index_put((~padding,), qkv)
+        batch, length = qkv.shape[:2]
+        query, key, value = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        mask = None if padding is None else (~padding)[:, None, None, :]
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask,
             dropout_p=attention.dropout if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(batch, length, width)
+        if packed_shape is not None:
+            attended = attended[~padding]
         return self.dropout1(attention.out_proj(attended))
 
 
@@ -93,6 +114,21 @@ def padding_mask(lengths, max_length: int, device) -> Tensor:
     """
     lengths = torch.as_tensor(lengths, device=device).long().clamp(1, max_length)
     return torch.arange(max_length, device=device).unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+def trim_padding(sequence: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L, C) and its (B, L) mask (True = pad, real steps first) -> both cut after the batch's
+    longest real sequence. The steps cut are padding in every row, and padding changes nothing
+    downstream (zeroed before the convolution, masked in attention and pooling): the cut is exact
+    and saves the Transformers their cost (MMSA pads MOSI's audio to 375 and vision to 500 frames
+    whatever a batch holds; a single clip attends over its own length only).
+
+    Under torch.compile the cut is skipped: its data-dependent length breaks the graph and
+    compiles once per length, and keeping the masked padding is exact too."""
+    if torch.compiler.is_compiling():
+        return sequence, mask
+    length = int((~mask).sum(dim=1).max().item())
+    return sequence[:, :length], mask[:, :length]
 
 
 def average_windows(sequence: Tensor, mask: Tensor | None, stride: int) -> tuple[Tensor, Tensor | None]:
@@ -241,14 +277,7 @@ class MultimodalEncoder(nn.Module):
         # Position 0 is [CLS], always real; keeping it unmasked also protects an empty transcript
         # from a fully masked row (NaN attention).
         mask[:, 0] = False
-        if torch.compiler.is_compiling():
-            # The trim below reads a data-dependent length: under torch.compile it breaks the
-            # graph and compiles once per length. Keeping the padding (masked) is exact.
-            return self.text_encoder(text), mask
-        # Positions that are padding in every row change nothing downstream (masked attention,
-        # masked pooling): dropping them saves the Transformers their cost.
-        length = int((~mask).sum(dim=1).max().item())
-        return self.text_encoder(text)[:, :length], mask[:, :length]
+        return trim_padding(self.text_encoder(text), mask)
 
     def forward(self, inputs: dict[str, Tensor], lengths: dict[str, object]) -> dict[str, Tensor]:
         """inputs: {m: raw input} for the built modalities; lengths: {m: (B,) lengths or None}.
@@ -261,8 +290,11 @@ class MultimodalEncoder(nn.Module):
                 sequence, mask = self._text_sequence(inputs[m])
             else:
                 sequence = inputs[m]
-                mask = (None if lengths.get(m) is None
-                        else padding_mask(lengths[m], sequence.shape[1], sequence.device))
+                if lengths.get(m) is not None:
+                    sequence, mask = trim_padding(
+                        sequence, padding_mask(lengths[m], sequence.shape[1], sequence.device))
+                else:
+                    mask = None
             encoded, mask = self.modality_encoders[m](sequence, mask)
             encoded = self.shared_encoder(encoded, src_key_padding_mask=mask)
             pooled[m] = pool_over_time(encoded, mask, self.pooling)
