@@ -87,6 +87,10 @@ def test_fused_attention_layer_matches_torch_in_training_without_dropout():
     y_plain = plain(x, src_key_padding_mask=padding)
     torch.testing.assert_close(y_fused[real], y_plain[real], atol=1e-5, rtol=0)
     assert not y_fused[padding].any()
+    # A mask without padding frames takes the unmasked path: the same outputs.
+    no_padding = torch.zeros(4, 10, dtype=torch.bool)
+    torch.testing.assert_close(fused(x, src_key_padding_mask=no_padding), fused(x),
+                               atol=1e-6, rtol=0)
     grads = [torch.autograd.grad(y[real].square().sum(), x)[0] for y in (y_fused, y_plain)]
     torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=0)
 

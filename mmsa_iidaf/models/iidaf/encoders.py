@@ -52,7 +52,10 @@ class SDPAEncoderLayer(nn.TransformerEncoderLayer):
         if padding is not None and padding.dtype != torch.bool:
             # nn.TransformerEncoder hands its layers the mask as floats (0 real, -inf padding).
             padding = padding != 0
-        if padding is None or torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if padding is not None and not compiling and not padding.any():
+            padding = None  # no padding frame (a single clip, cut to its length): nothing to skip
+        if padding is None or compiling:
             # Under torch.compile the packing's data-dependent frame count would break the graph.
             x = self.norm1(src + self._attention(src, padding))
             return self.norm2(x + self._ff_block(x))
