@@ -201,13 +201,16 @@ def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: st
                   vocabulary_ids=None) -> Subject:
     label, model_name, _ = spec
     args, text_input = run_args(spec, feature_file, text_mode, device, work_dir, overrides)
-    torch.manual_seed(1)
     loaders = registry.build_dataloaders(args, 0)
+    # Every model is timed on the same clips: MMSA's loaders shuffle, so the batches are drawn
+    # from one seed before a model is built (building draws a model's own number of values).
+    torch.manual_seed(1)
+    train_batches = [batch for _, batch in zip(range(DISTINCT_BATCHES), loaders["train"])]
+    test_batch = next(iter(loaders["test"]))
+    torch.manual_seed(1)
     model = registry.build_model(args).to(device)
     fit_text_vocabulary(model.Model, training_vocabulary(loaders, vocabulary_ids))
     trainer = registry.build_trainer(args)
-    train_batches = [batch for _, batch in zip(range(DISTINCT_BATCHES), loaders["train"])]
-    test_batch = next(iter(loaders["test"]))
     latency_inputs = {}
     for size in (1, LATENCY_BATCH):
         batch = {key: (value[:size] if hasattr(value, "__getitem__") and not isinstance(value, dict)

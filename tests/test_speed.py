@@ -97,3 +97,26 @@ def test_model_specs_take_list_values(monkeypatch):
         ("iidaf", {}), ("iidaf", {"d_model": 64, "enc_layers": [1, 1, 1], "text_layers": 5}),
         ("misa", {})]
     assert specs[1][0] == "iidaf[d_model=64;enc_layers=[1,1,1];text_layers=5]"
+
+
+def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
+    """MMSA's loaders shuffle and building a model draws random numbers: the batches are drawn
+    before, so IIDAF and MISA (different sizes, different draws) get the same clips."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "speed", speed)
+    spec.loader.exec_module(speed)
+    feature_file = speed.data_file(tmp_path, "compact")
+    small = [(f"iidaf.{key}", value) for key, value in SMALL_IIDAF.items()]
+    subjects = [speed.build_subject(model, feature_file, "encoder", torch.device("cpu"),
+                                    tmp_path, small)
+                for model in speed.parse_models("iidaf,misa")]
+    first, second = ([batch["id"] for batch in subject.train_batches] for subject in subjects)
+    assert first == second
+    for size in (1, 32):  # the latency batches: the same text_bert, first of both models' inputs
+        texts = [subject.latency_inputs[size][0][0] for subject in subjects]
+        assert torch.equal(texts[0], texts[1][..., :texts[0].shape[-1]])
