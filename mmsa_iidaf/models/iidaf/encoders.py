@@ -55,37 +55,39 @@ class SDPAEncoderLayer(nn.TransformerEncoderLayer):
         compiling = torch.compiler.is_compiling()
         if padding is not None and not compiling and not padding.any():
             padding = None  # no padding frame (a single clip, cut to its length): nothing to skip
-        if padding is None or compiling:
+        real = None if padding is None else ~padding
+        if real is None or compiling:
             # Under torch.compile the packing's data-dependent frame count would break the graph.
-            x = self.norm1(src + self._attention(src, padding))
+            x = self.norm1(src + self._attention(src, real))
             return self.norm2(x + self._ff_block(x))
-        real = ~padding
-        frames = src[real]  # (N, D): the batch's real frames, packed
-        x = self.norm1(frames + self._attention(frames, padding, src.shape[:2]))
+        # The real frames' (sample, step) indices, found once for the four gathers and scatters.
+        rows = real.nonzero(as_tuple=True)
+        frames = src[rows]  # (N, D): the batch's real frames, packed
+        x = self.norm1(frames + self._attention(frames, real, rows))
         x = self.norm2(x + self._ff_block(x))
-        return x.new_zeros(src.shape).index_put((real,), x)
+        return x.new_zeros(src.shape).index_put(rows, x)
 
-    def _attention(self, x: Tensor, padding: Tensor | None,
-                   packed_shape: torch.Size | None = None) -> Tensor:
-        """Self-attention over (B, L, D) frames, or over packed (N, D) real frames of a (B, L)
-        batch (`packed_shape`), which come back packed."""
+    def _attention(self, x: Tensor, real: Tensor | None,
+                   rows: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Self-attention over (B, L, D) frames, or over packed (N, D) frames at `rows` of the
+        (B, L) mask `real` (True = real frame), which come back packed."""
         attention = self.self_attn
         heads = attention.num_heads
         width = x.shape[-1]
         qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)
-        if packed_shape is not None:
+        if rows is not None:
             # Padding frames' queries, keys and values as zeros: their keys are masked and their
             # queries' outputs dropped below.
-            qkv = qkv.new_zeros(*packed_shape, 3 * width).index_put((~padding,), qkv)
+            qkv = qkv.new_zeros(*real.shape, 3 * width).index_put(rows, qkv)
         batch, length = qkv.shape[:2]
         query, key, value = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        mask = None if padding is None else (~padding)[:, None, None, :]
+        mask = None if real is None else real[:, None, None, :]
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask,
             dropout_p=attention.dropout if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(batch, length, width)
-        if packed_shape is not None:
-            attended = attended[~padding]
+        if rows is not None:
+            attended = attended[rows]
         return self.dropout1(attention.out_proj(attended))
 
 
