@@ -48,3 +48,32 @@ def close_mmsa_handlers() -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+
+
+def run_cli_in_process(argv, monkeypatch, capsys, threads: int | None = None):
+    """`python run.py ARGV` as run.py's main() in this process: a CompletedProcess with its exit
+    status (argparse's SystemExit included), stdout and stderr. It saves a Python start-up
+    (seconds of imports) per call; one test per entry point keeps a real process. `threads`:
+    the intra-op threads for the call (a subprocess's OMP_NUM_THREADS); the test process's own
+    count, main()'s global warning hook and MMSA's log handlers are restored after it."""
+    import subprocess
+    import warnings
+
+    import torch
+
+    from mmsa_iidaf import cli
+
+    argv = [str(arg) for arg in argv]
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    own_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    finally:
+        torch.set_num_threads(own_threads)
+        close_mmsa_handlers()
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["run.py", *argv], status, captured.out, captured.err)

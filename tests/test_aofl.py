@@ -3,10 +3,7 @@ its switches, batch independence in eval, a planted signal learned on the CPU th
 from __future__ import annotations
 
 import math
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +15,8 @@ from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.losses.angular import (angle_floor, cosine_ranking, label_aware_infonce,
                                        remove_projection)
 from mmsa_iidaf.models.aofl import AOFL, AOFLObjective
-from support import SMALL_PEER, peer_args, peer_inputs
+from support import SMALL_PEER, peer_args, peer_inputs, run_cli_in_process
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def aofl_args(**overrides):
@@ -128,17 +124,15 @@ def signal_file(tmp_path_factory) -> Path:
                          n_train=128, n_valid=32, n_test=64, seq_lens=(8, 8, 8), seed=0)
 
 
-def test_run_py_learns_the_planted_signal_on_the_cpu(signal_file, tmp_path):
+def test_run_py_learns_the_planted_signal_on_the_cpu(signal_file, tmp_path, monkeypatch,
+                                                    capsys):
     settings = {**SMALL_PEER, "max_epochs": 4, "early_stop": 2}
     flags = [f"--set={key}={value if not isinstance(value, list) else str(value)}"
              for key, value in settings.items()]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "-m", "aofl", "-d", "mosi", "-f",
-         str(signal_file), "-s", "1", "--modalities", "t,a", *flags,
-         "--res-save-dir", str(tmp_path / "results"), "--model-save-dir", str(tmp_path / "m"),
-         "--log-dir", str(tmp_path / "logs")],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_cli_in_process(
+        ["-m", "aofl", "-d", "mosi", "-f", signal_file, "-s", "1", "--modalities", "t,a", *flags,
+         "--res-save-dir", tmp_path / "results", "--model-save-dir", tmp_path / "m",
+         "--log-dir", tmp_path / "logs"], monkeypatch, capsys, threads=1)
     assert result.returncode == 0, result.stderr[-2000:]
     row = pd.read_csv(tmp_path / "results" / "aofl-mosi-seeds.csv").iloc[0]
     with open(signal_file, "rb") as f:
@@ -151,19 +145,16 @@ def test_run_py_learns_the_planted_signal_on_the_cpu(signal_file, tmp_path):
     assert "L_CEN" in log and "L_CSR" in log
 
 
-def test_a_term_that_never_acts_is_reported(signal_file, tmp_path):
+def test_a_term_that_never_acts_is_reported(signal_file, tmp_path, monkeypatch, capsys):
     """An angle floor of 1° holds on every batch: L_AAC is in the graph but always 0, and the
     log says it does no work; a switched-off term (λ_CSR = 0) is not reported."""
     settings = {**SMALL_PEER, "max_epochs": 1, "early_stop": 1, "aac_min_angle": 1.0,
                 "lambda_csr": 0.0}
     flags = [f"--set={key}={value}" for key, value in settings.items()]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "-m", "aofl", "-d", "mosi", "-f",
-         str(signal_file), "-s", "1", *flags,
-         "--res-save-dir", str(tmp_path / "results"), "--model-save-dir", str(tmp_path / "m"),
-         "--log-dir", str(tmp_path / "logs")],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_cli_in_process(
+        ["-m", "aofl", "-d", "mosi", "-f", signal_file, "-s", "1", *flags,
+         "--res-save-dir", tmp_path / "results", "--model-save-dir", tmp_path / "m",
+         "--log-dir", tmp_path / "logs"], monkeypatch, capsys, threads=1)
     assert result.returncode == 0, result.stderr[-2000:]
     log = (tmp_path / "logs" / "aofl-mosi.log").read_text()
     inert = [line for line in log.splitlines() if "no work" in line]

@@ -12,7 +12,7 @@ import pytest
 
 from mmsa_iidaf.experiments import compare as comparison
 from mmsa_iidaf.experiments import executors
-from support import run_folders
+from support import run_cli_in_process, run_folders
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
 
@@ -60,10 +60,13 @@ def folder_flags(root: Path) -> list:
             "--log-dir", root / "logs"]
 
 
-def test_ray_grid_gives_the_local_numbers(tmp_path, fast_config, ray_address):
+def test_ray_grid_gives_the_local_numbers(tmp_path, fast_config, ray_address, monkeypatch,
+                                         capsys):
     grid = ["-m", "lf_dnn", "-m", "tfn", "-d", "mosi", "--demo", "-c", fast_config,
             "-s", "1", "-s", "2", "-v", "0"]
-    local = run_cli(*grid, *folder_flags(tmp_path / "local"), env={"OMP_NUM_THREADS": "1"})
+    # The local grid in this process at one thread, as a Ray worker with one CPU runs.
+    local = run_cli_in_process([*grid, *folder_flags(tmp_path / "local")], monkeypatch, capsys,
+                               threads=1)
     assert local.returncode == 0, local.stderr[-2000:]
     on_ray = run_cli(*grid, *folder_flags(tmp_path / "ray"), "--executor", "ray",
                      "--ray-address", ray_address, "--cpus-per-run", "1")
@@ -83,8 +86,8 @@ def test_ray_grid_gives_the_local_numbers(tmp_path, fast_config, ray_address):
     assert len(list((tmp_path / "ray" / "results" / "predictions").glob("*.npz"))) == 4
     assert "TEST-(tfn)" in (tmp_path / "ray" / "logs" / "tfn-mosi-ray.log").read_text()
     # Rerunning the command skips all four runs.
-    again = run_cli(*grid, *folder_flags(tmp_path / "ray"), "--executor", "ray",
-                    "--ray-address", ray_address)
+    again = run_cli_in_process([*grid, *folder_flags(tmp_path / "ray"), "--executor", "ray",
+                                "--ray-address", ray_address], monkeypatch, capsys)
     assert again.returncode == 0 and "4 of 4 (model, seed) runs already" in again.stdout
 
 
@@ -125,9 +128,11 @@ def test_a_worker_without_the_feature_file_gets_it_through_the_object_store(tmp_
     assert copy != source and copy.read_bytes() == content
 
 
-def test_ray_flags_are_checked_before_any_training(tmp_path, tiny_mosi):
-    alone = run_cli("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--executor", "ray")
+def test_ray_flags_are_checked_before_any_training(tmp_path, tiny_mosi, monkeypatch, capsys):
+    alone = run_cli_in_process(["-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--executor",
+                                "ray"], monkeypatch, capsys)
     assert alone.returncode == 2 and "--executor ray spreads a comparison" in alone.stderr
-    bad = run_cli("-m", "lf_dnn", "-m", "tfn", "-d", "mosi", "-f", tiny_mosi, "--executor",
-                  "ray", "--cpus-per-run", "0", *folder_flags(tmp_path))
+    bad = run_cli_in_process(["-m", "lf_dnn", "-m", "tfn", "-d", "mosi", "-f", tiny_mosi,
+                              "--executor", "ray", "--cpus-per-run", "0",
+                              *folder_flags(tmp_path)], monkeypatch, capsys)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--cpus-per-run 0" in bad.stderr

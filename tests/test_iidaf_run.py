@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import runpy
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -25,14 +23,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mmsa_iidaf import cli, complexity, encoder_cache, registry, runs
+from mmsa_iidaf import complexity, encoder_cache, registry, runs
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import TrainingDiverged
 from mmsa_iidaf.models.iidaf import IIDAFObjective
 from mmsa_iidaf.models.iidaf.settings import iidaf_settings
 from mmsa_iidaf.trainers.iidaf import IIDAFTrainer
 from support import SMALL_IIDAF as SMALL
-from support import close_mmsa_handlers, run_folders
+from support import close_mmsa_handlers, run_cli_in_process, run_folders
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MOSI = REPO.parent / "shared" / "data" / "mosi_utt" / "mosi_utt.pkl"
@@ -104,20 +102,6 @@ def parameter_count(config: dict, modalities: str) -> int:
     args = registry.config_for("iidaf", "mosi")
     args.update(config, modalities=modalities, feature_dims=[48, 5, 20], train_mode="regression")
     return sum(p.numel() for p in registry.build_model(args).parameters() if p.requires_grad)
-
-
-def subprocess_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def run_cli_in_process(argv, monkeypatch, capsys) -> tuple[int, str]:
-    """run.py's main() here (saves a Python start-up); its global warning hook is restored."""
-    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
-    try:
-        status = cli.main([str(a) for a in argv])
-    finally:
-        close_mmsa_handlers()
-    return status, capsys.readouterr().err
 
 
 def cli_dirs(root: Path) -> list:
@@ -249,13 +233,11 @@ def test_diagnostics_of_every_seed_make_inert_parts_visible(spied_run):
     assert report["mask_uniform_weight"] == pytest.approx(1 / spied_run["config"]["d_model"])
 
 
-def test_run_py_learns_with_two_modalities(signal_file, tmp_path):
+def test_run_py_learns_with_two_modalities(signal_file, tmp_path, monkeypatch, capsys):
     settings = {**SMALL, "max_epochs": 4, "early_stop": 2}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "-m", "iidaf", "-d", "mosi", "-f", signal_file,
-         "-s", "1", "--modalities", "t,a", *set_flags(settings), *cli_dirs(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=subprocess_env(),
-        check=False)
+    result = run_cli_in_process(
+        ["-m", "iidaf", "-d", "mosi", "-f", signal_file, "-s", "1", "--modalities", "t,a",
+         *set_flags(settings), *cli_dirs(tmp_path)], monkeypatch, capsys, threads=1)
     assert result.returncode == 0, result.stderr[-2000:]
     row = seed_rows(tmp_path / "results").iloc[0]
     assert row["modalities"] == "ta"
@@ -336,12 +318,12 @@ def test_a_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_file, 
 def test_run_py_reports_divergence_in_one_line_with_exit_2(tiny_file, tmp_path, monkeypatch,
                                                            capsys):
     """A learning rate of 1e30 blows the weights up after the first step."""
-    status, stderr = run_cli_in_process(
+    done = run_cli_in_process(
         ["-m", "iidaf", "-d", "mosi", "-f", tiny_file, "-s", "1",
          *set_flags({**ONE_EPOCH, "learning_rate": 1e30}), *cli_dirs(tmp_path)],
         monkeypatch, capsys)
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert status == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2
     assert len(lines) == 1 and lines[0].startswith("error: seed 1, epoch 1")
     assert "loss is not finite" in lines[0] and "lower learning_rate" in lines[0]
     # Nothing was saved before the first step diverged, and the message does not claim it was.
@@ -408,10 +390,10 @@ def test_ablation_switch_reaches_the_trained_model(switch, absent, zero_terms, t
 
 def test_run_py_set_switches_ablations(tiny_file, tmp_path, monkeypatch, capsys):
     switches = {"use_iamd": False, "use_mic": False, "lambda_s": 0}
-    status, stderr = run_cli_in_process(
+    done = run_cli_in_process(
         ["-m", "iidaf", "-d", "mosi", "-f", tiny_file, "-s", "1",
          *set_flags({**ONE_EPOCH, **switches}), *cli_dirs(tmp_path)], monkeypatch, capsys)
-    assert status == 0, stderr
+    assert done.returncode == 0, done.stderr
     recorded = json.loads(seed_rows(tmp_path / "results").iloc[0]["config"])
     assert {key: recorded[key] for key in switches} == switches  # JSON values, not strings
     terms = train_terms((tmp_path / "logs" / "iidaf-mosi.log").read_text().splitlines())[1]

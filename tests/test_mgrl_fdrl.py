@@ -3,10 +3,7 @@ should be, the switches, each loss reaching what it constrains, batch independen
 planted signal learned on the CPU through run.py."""
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +18,8 @@ from mmsa_iidaf.losses.alignment import (class_conditional_cmd, instance_alignme
 from mmsa_iidaf.losses.modality import confusion, identification, placement_margin
 from mmsa_iidaf.models.fdrl import FDRL, FDRLObjective
 from mmsa_iidaf.models.mgrl import MGRL, MGRLObjective
-from support import SMALL_PEER, peer_args, peer_inputs
+from support import SMALL_PEER, peer_args, peer_inputs, run_cli_in_process
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = {"mgrl": (MGRL, MGRLObjective), "fdrl": (FDRL, FDRLObjective)}
 LABELS = torch.tensor([1.0, -1.0, 0.5, -2.0, 0.0, 1.5, -0.5, 2.5])
 
@@ -189,16 +185,14 @@ def signal_file(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name,logged", [("mgrl", ("L_MC", "L_MAR", "L_CON", "L_critic")),
                                          ("fdrl", ("L_FA", "L_FD", "L_REC"))])
-def test_run_py_learns_the_planted_signal_on_the_cpu(name, logged, signal_file, tmp_path):
+def test_run_py_learns_the_planted_signal_on_the_cpu(name, logged, signal_file, tmp_path,
+                                                    monkeypatch, capsys):
     settings = {**SMALL_PEER, "max_epochs": 4, "early_stop": 2}
     flags = [f"--set={key}={value}" for key, value in settings.items()]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), "-m", name, "-d", "mosi", "-f",
-         str(signal_file), "-s", "1", "--modalities", "t,a", *flags,
-         "--res-save-dir", str(tmp_path / "results"), "--model-save-dir", str(tmp_path / "m"),
-         "--log-dir", str(tmp_path / "logs")],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_cli_in_process(
+        ["-m", name, "-d", "mosi", "-f", signal_file, "-s", "1", "--modalities", "t,a", *flags,
+         "--res-save-dir", tmp_path / "results", "--model-save-dir", tmp_path / "m",
+         "--log-dir", tmp_path / "logs"], monkeypatch, capsys, threads=1)
     assert result.returncode == 0, result.stderr[-2000:]
     row = pd.read_csv(tmp_path / "results" / f"{name}-mosi-seeds.csv").iloc[0]
     with open(signal_file, "rb") as f:

@@ -2,6 +2,7 @@
 MISA; a bad model name is one line and status 2. No test asserts a time."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 import subprocess
@@ -55,18 +56,31 @@ def test_quick_json_has_every_figure_and_the_ratios_to_misa(tmp_path):
     assert "| `iidaf` |" in done.stdout and "×)" in done.stdout
 
 
-def test_unknown_model_is_one_line_and_status_2(tmp_path):
-    done = _speed("--models", "iidaf,nosuch", "--quick")
+def _speed_in_process(monkeypatch, capsys, *arguments: str) -> tuple[int, str]:
+    """speed.py's main() in this process (saves a Python start-up): (status, stderr). The
+    module sets TQDM_DISABLE when imported: restored after the test."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    spec = importlib.util.spec_from_file_location("speed", SPEED)
+    speed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "speed", speed)  # its dataclasses look themselves up there
+    spec.loader.exec_module(speed)
+    return speed.main(list(arguments)), capsys.readouterr().err
+
+
+def test_unknown_model_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):
+    done = _speed("--models", "iidaf,nosuch", "--quick")  # the real process: its exit status
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "nosuch" in done.stderr
-    done = _speed("--models", "iidaf", "--quick", "--vocabulary", "no/such.pkl")
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "no/such.pkl" in done.stderr
+    status, stderr = _speed_in_process(monkeypatch, capsys, "--models", "iidaf", "--quick",
+                                       "--vocabulary", "no/such.pkl")
+    assert status == 2
+    assert stderr.strip().count("\n") == 0 and "no/such.pkl" in stderr
     without_text = tmp_path / "no_text.pkl"
     without_text.write_bytes(pickle.dumps({"train": {"audio": [0.0]}}))
-    done = _speed("--models", "iidaf", "--quick", "--vocabulary", str(without_text))
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "KeyError: 'text_bert'" in done.stderr
+    status, stderr = _speed_in_process(monkeypatch, capsys, "--models", "iidaf", "--quick",
+                                       "--vocabulary", str(without_text))
+    assert status == 2
+    assert stderr.strip().count("\n") == 0 and "KeyError: 'text_bert'" in stderr
 
 
 def test_scaling_quick_writes_its_table_plot_and_growth(tmp_path):
