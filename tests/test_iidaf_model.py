@@ -280,6 +280,22 @@ def test_zero_lambda_terms_are_not_computed(monkeypatch):
     assert objective.discriminator_loss(model, outputs, torch.randn(BATCH)) is None
 
 
+def test_evaluation_skips_the_inverse_and_the_decoder_and_predicts_the_same(monkeypatch):
+    """F⁻¹ and the decoder feed L_IN and L_RE only: eval mode does not run them, and its
+    outputs equal training mode's where dropout is off."""
+    model = build(dropout=0.0)
+    inputs = make_inputs()
+    trained = model(*inputs)
+    assert set(trained["latent_recovered"]) == set(trained["reconstruction"]) == {"t", "a", "v"}
+    monkeypatch.setattr(iamd_module.InvertibleSequential, "inverse", refuse)
+    for disentangler in model.disentanglers.values():
+        monkeypatch.setattr(disentangler.decoder, "forward", refuse)
+    evaluated = model.eval()(*inputs)
+    assert not evaluated["latent_recovered"] and not evaluated["reconstruction"]
+    for key in ("M", "M_shared", "M_specific", "gamma"):
+        torch.testing.assert_close(evaluated[key], trained[key], rtol=0, atol=1e-6)
+
+
 def test_objective_and_model_from_different_configs_fail_clearly():
     model = build(lambda_mi=0.0)
     objective = IIDAFObjective(make_args())
@@ -333,7 +349,11 @@ def test_modality_subset_builds_and_reads_only_those_modalities():
     assert torch.equal(with_vision["M"], without_vision["M"])
     assert set(without_vision["shared"]) == {"t", "a"}
     assert model.mic.modalities == "ta"
-    terms = IIDAFObjective(make_args(modalities="ta"))(model, without_vision, torch.randn(BATCH))
+    objective = IIDAFObjective(make_args(modalities="ta"))
+    with pytest.raises(ValueError, match="skips F⁻¹ and the decoder"):
+        objective(model, without_vision, torch.randn(BATCH))  # eval outputs have no L_IN, L_RE
+    without_vision = model.train()(text, audio, None)
+    terms = objective(model, without_vision, torch.randn(BATCH))
     assert all(torch.isfinite(term) for term in terms.values())
 
 

@@ -279,10 +279,11 @@ class IAMD(nn.Module):
         # 2D wide and X_m D wide, so a decoder maps the disentangled [u_m; r_m] back to X_m.
         self.decoder = two_layer_mlp(2 * width, width, width, dropout) if reconstruct else None
 
-    def forward(self, pooled: Tensor, recover: bool) -> dict[str, Tensor]:
+    def forward(self, pooled: Tensor, recover: bool, reconstruct: bool) -> dict[str, Tensor]:
         """X_m (B, D) -> {'specific': u_m, 'shared': r_m, 'latent': h̃_m, 'mask_alpha': α,
         'mask_beta': β, and when asked
-        'latent_recovered': F⁻¹([u_m; r_m]), 'reconstruction': decoder([u_m; r_m])}."""
+        'latent_recovered': F⁻¹([u_m; r_m]), 'reconstruction': decoder([u_m; r_m]) (when the
+        decoder is built)}."""
         latent = torch.cat(self.split(pooled), dim=-1)
         specific_hat, shared_hat = self.flow(latent).chunk(2, dim=-1)
         specific, shared, alpha, beta = self.attention_mask(specific_hat, shared_hat)
@@ -292,7 +293,7 @@ class IAMD(nn.Module):
         if recover:
             result["latent_recovered"] = self.flow.inverse(disentangled)
         self.flow.forget()
-        if self.decoder is not None:
+        if reconstruct and self.decoder is not None:
             result["reconstruction"] = self.decoder(disentangled)
         return result
 

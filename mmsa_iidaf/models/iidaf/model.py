@@ -97,8 +97,12 @@ class IIDAF(nn.Module):
           'encoded'       {m: pooled X_m (B, D)}, the encoder output IAMD starts from;
           'latent'        {m: h̃_m (B, 2D)} (IAMD only);
           'mask_alpha', 'mask_beta' {m: α, β (B, D)}, the attention mask's weights (IAMD only);
-          'latent_recovered' {m: F⁻¹([u_m; r_m])} (IAMD and lambda_in > 0);
-          'reconstruction'   {m: decoder([u_m; r_m]) (B, D)} (IAMD and lambda_re > 0).
+          'latent_recovered' {m: F⁻¹([u_m; r_m])} (IAMD and lambda_in > 0, training only);
+          'reconstruction'   {m: decoder([u_m; r_m]) (B, D)} (IAMD and lambda_re > 0, training
+                             only).
+        The last two feed L_IN and L_RE and nothing else (validation and test read the task loss
+        and the prediction), so evaluation skips F⁻¹ and the decoder: the same predictions, a
+        shorter forward pass (benchmarks/speed.md).
         'M_shared' / 'M_specific' are the "shared only" / "specific only" predictions of the
         paper's Table 8.
         """
@@ -130,7 +134,9 @@ class IIDAF(nn.Module):
         iamd_outputs = {key: {} for key in iamd_keys}
         for m in self.modalities:
             if self.settings.use_iamd:
-                result = self.disentanglers[m](encoded[m], recover=self.recover_latent)
+                result = self.disentanglers[m](encoded[m],
+                                               recover=self.recover_latent and self.training,
+                                               reconstruct=self.training)
                 specific[m], shared[m] = result["specific"], result["shared"]
                 for key in iamd_outputs:
                     if key in result:

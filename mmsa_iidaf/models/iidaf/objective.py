@@ -74,6 +74,11 @@ class IIDAFObjective:
         modalities = list(shared)
         pairs = list(combinations(modalities, 2))
         use_iamd = bool(self.settings.use_iamd)
+        if use_iamd and not model.training and (self.weights["L_IN"] > 0
+                                                 or self.weights["L_RE"] > 0):
+            raise ValueError("IIDAFObjective scores a training forward pass: in eval mode the "
+                             "model skips F⁻¹ and the decoder (L_IN, L_RE); call model.train() "
+                             "before the forward pass, or set lambda_in and lambda_re to 0")
         if self.weights["L_IN"] > 0 and use_iamd:
             recovered = self._require(outputs["latent_recovered"], "F⁻¹ outputs (L_IN)")
             terms["L_IN"] = invertibility_loss(recovered, outputs["latent"])
