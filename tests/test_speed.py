@@ -134,3 +134,14 @@ def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
     for size in (1, 32):  # the latency batches: the same text_bert, first of both models' inputs
         texts = [subject.latency_inputs[size][0][0] for subject in subjects]
         assert torch.equal(texts[0], texts[1][..., :texts[0].shape[-1]])
+
+
+def test_eval_path_benchmark_checks_the_predictions_and_times_both_paths(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("eval_path", ROOT / "benchmarks" / "eval_path.py")
+    eval_path = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # speed.py sets it when imported
+    spec.loader.exec_module(eval_path)
+    assert eval_path.main(["--models", "iidaf", "--rounds", "1", "--shapes", "compact"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `iidaf`")]
+    assert len(row) == 1 and row[0].count(" / ") == 2
