@@ -102,7 +102,7 @@ class IIDAF(nn.Module):
                              only).
         The last two feed L_IN and L_RE and nothing else (validation and test read the task loss
         and the prediction), so evaluation skips F⁻¹ and the decoder: the same predictions, a
-        shorter forward pass (benchmarks/speed.md).
+        shorter forward pass (benchmarks/eval_path.py, benchmarks/real_frames.md).
         'M_shared' / 'M_specific' are the "shared only" / "specific only" predictions of the
         paper's Table 8.
         """
