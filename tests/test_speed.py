@@ -56,14 +56,21 @@ def test_quick_json_has_every_figure_and_the_ratios_to_misa(tmp_path):
     assert "| `iidaf` |" in done.stdout and "×)" in done.stdout
 
 
-def _speed_in_process(monkeypatch, capsys, *arguments: str) -> tuple[int, str]:
-    """speed.py's main() in this process (saves a Python start-up): (status, stderr). The
-    module sets TQDM_DISABLE when imported: restored after the test."""
+def _import_benchmark(monkeypatch, name: str):
+    """benchmarks/NAME.py imported in this process and registered as NAME until the test ends
+    (dataclasses look their module up there, and eval_path.py imports speed.py by that name);
+    TQDM_DISABLE, which speed.py sets when imported, is restored too."""
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    spec = importlib.util.spec_from_file_location("speed", SPEED)
-    speed = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "speed", speed)  # its dataclasses look themselves up there
-    spec.loader.exec_module(speed)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _speed_in_process(monkeypatch, capsys, *arguments: str) -> tuple[int, str]:
+    """speed.py's main() in this process (saves a Python start-up): (status, stderr)."""
+    speed = _import_benchmark(monkeypatch, "speed")
     return speed.main(list(arguments)), capsys.readouterr().err
 
 
@@ -116,14 +123,9 @@ def test_model_specs_take_list_values(monkeypatch):
 def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
     """MMSA's loaders shuffle and building a model draws random numbers: the batches are drawn
     before, so IIDAF and MISA (different sizes, different draws) get the same clips."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "speed", speed)
-    spec.loader.exec_module(speed)
+    speed = _import_benchmark(monkeypatch, "speed")
     feature_file = speed.data_file(tmp_path, "compact")
     small = [(f"iidaf.{key}", value) for key, value in SMALL_IIDAF.items()]
     subjects = [speed.build_subject(model, feature_file, "encoder", torch.device("cpu"),
@@ -137,11 +139,8 @@ def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
 
 
 def test_eval_path_benchmark_checks_the_predictions_and_times_both_paths(monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("eval_path", ROOT / "benchmarks" / "eval_path.py")
-    eval_path = importlib.util.module_from_spec(spec)
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    monkeypatch.setenv("TQDM_DISABLE", "1")  # speed.py sets it when imported
-    spec.loader.exec_module(eval_path)
+    _import_benchmark(monkeypatch, "speed")
+    eval_path = _import_benchmark(monkeypatch, "eval_path")
     assert eval_path.main(["--models", "iidaf", "--rounds", "1", "--shapes", "compact"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `iidaf`")]
     assert len(row) == 1 and row[0].count(" / ") == 2
