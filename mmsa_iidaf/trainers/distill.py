@@ -18,6 +18,14 @@ whose training-split predictions carry less of any one run's fit to noise.
 teacher's fine-tuned one instead of the pretrained weights: the embeddings, and for each layer the
 student keeps, the teacher's layer of the same pretrained index (the student's other parts differ
 in width from a full IIDAF's and start as usual).
+
+`distill_states_weight` w > 0 (with `distill_from`) adds w × L_HS to each batch's loss: the mean
+squared error, over the real tokens, between the student's text-encoder output and the teacher's
+(its fine-tuned encoder's last hidden states of the same sample, computed with its predictions;
+the mean over its seeds with `distill_seeds: all`). A student with fewer text layers thus learns
+what the teacher's whole encoder computes, token by token, not only the teacher's one score per
+clip (as TinyBERT distils a BERT's hidden states; Jiao et al., 2020). Both encoders must be the
+same pretrained one (their states share a width and a basis), the student's fine-tuned.
 """
 from __future__ import annotations
 
@@ -56,6 +64,21 @@ def check_distill_init(args) -> None:
     if args.get("distill_init") and not args.get("distill_from"):
         raise ConfigError("config 'distill_init' needs 'distill_from' (the teacher whose text "
                           "encoder the student starts from)")
+    if states_weight(args) and not args.get("distill_from"):
+        raise ConfigError("config 'distill_states_weight' needs 'distill_from' (the teacher whose "
+                          "text-encoder states the student learns)")
+
+
+def states_weight(args) -> float:
+    """`distill_states_weight` (default 0: no L_HS), checked."""
+    value = args.get("distill_states_weight", 0.0)
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = -1.0
+    if not weight >= 0:
+        raise ConfigError(f"config 'distill_states_weight' = {value!r} must be a number >= 0")
+    return weight
 
 
 class _TextEncoderPlan(NamedTuple):
@@ -107,6 +130,23 @@ def check_teacher_text_encoder(args, teacher_args) -> None:
                           f"with every layer the student has")
 
 
+def check_teacher_text_states(args, teacher_args) -> None:
+    """`distill_states_weight`: the student's text encoder learns the teacher's states, so both
+    are the same pretrained encoder and the student's is fine-tuned. Read from the configs."""
+    student, teacher = _text_encoder_plan(args), _text_encoder_plan(teacher_args)
+    if student is None or teacher is None:
+        raise ConfigError("config 'distill_states_weight' distils the teacher's text-encoder "
+                          "states: the student and the teacher must both be this plugin's models "
+                          "that read text through one (use_bert, text among the modalities)")
+    if student.directory != teacher.directory:
+        raise ConfigError(f"config 'distill_states_weight': the teacher's text encoder "
+                          f"({teacher.name}) is not the student's ({student.name}); their states "
+                          f"differ in basis: distil from a run of the same encoder")
+    if not student.finetune:
+        raise ConfigError("config 'distill_states_weight' with a frozen text encoder (use_finetune "
+                          "false): its states cannot learn; set use_finetune true")
+
+
 DISTILL_SEEDS = ("same", "all")
 
 
@@ -142,15 +182,29 @@ def teacher_seed_rows(args) -> list[pd.Series]:
                           f"-s {args['seed']} first, or distill only the seeds it has")
     if args.get("distill_init"):  # the encoder starts from the student's seed of the teacher
         check_teacher_text_encoder(args, json.loads(own.iloc[-1]["config"]))
-    if seeds == "same":
-        return [own.iloc[-1]]
-    return [group.iloc[-1] for _, group in rows.groupby("seed", sort=True)]
+    chosen = ([own.iloc[-1]] if seeds == "same"
+              else [group.iloc[-1] for _, group in rows.groupby("seed", sort=True)])
+    if states_weight(args):
+        for row in chosen:
+            check_teacher_text_states(args, json.loads(row["config"]))
+    return chosen
+
+
+class TeacherStates(NamedTuple):
+    """The teacher's text-encoder output for every training sample: `values[row[id]]`, (L, H)."""
+    row: dict[str, int]
+    values: torch.Tensor  # (N, L, H), float32, CPU
+
+
+class Teacher(NamedTuple):
+    predictions: dict[str, float]    # {training sample id: prediction}
+    states: TeacherStates | None     # with `distill_states_weight` > 0
 
 
 # With `distill_seeds: all` every student seed of a run reads the same teachers: each teacher's
-# predictions are computed once per process, keyed by its checkpoint and the feature file with
-# their mtimes (a retrained teacher or a rewritten file is predicted again).
-_TEACHER_PREDICTIONS: dict[tuple, dict[str, float]] = {}
+# pass over the training split is computed once per process, keyed by its checkpoint and the
+# feature file with their mtimes (a retrained teacher or a rewritten file is predicted again).
+_TEACHER_PREDICTIONS: dict[tuple, Teacher] = {}
 
 
 def _predictions_key(checkpoint: Path, feature_file: Path) -> tuple | None:
@@ -164,9 +218,16 @@ def _predictions_key(checkpoint: Path, feature_file: Path) -> tuple | None:
 
 def teacher_predictions(args, student=None) -> dict[str, float] | None:
     """{training sample id: the teacher's prediction (the mean over its seeds with
-    `distill_seeds: all`)}, or None without `distill_from`. With `distill_init`, `student` (the
-    network about to train) takes the text encoder of the student's seed of the teacher first
-    (`start_text_from_teacher`)."""
+    `distill_seeds: all`)}, or None without `distill_from` (`load_teacher`'s predictions)."""
+    teacher = load_teacher(args, student)
+    return None if teacher is None else teacher.predictions
+
+
+def load_teacher(args, student=None) -> Teacher | None:
+    """The teacher's predictions of the training split and, with `distill_states_weight`, its
+    text-encoder states (each the mean over its seeds with `distill_seeds: all`); None without
+    `distill_from`. With `distill_init`, `student` (the network about to train) takes the text
+    encoder of the student's seed of the teacher first (`start_text_from_teacher`)."""
     check_distill_init(args)
     if not args.get("distill_from"):
         return None
@@ -174,14 +235,17 @@ def teacher_predictions(args, student=None) -> dict[str, float] | None:
     from ..analysis.checkpoint import in_order, load_run, row_checkpoint
 
     feature_file = runs.feature_files(args)[0]
-    predictions = []
+    with_states = bool(states_weight(args))
+    passes = []
     for row in teacher_seed_rows(args):
         starts_student = (student is not None and args.get("distill_init")
                           and int(row["seed"]) == int(args["seed"]))
         checkpoint = row_checkpoint(row)
         key = _predictions_key(checkpoint, feature_file)
-        if key in _TEACHER_PREDICTIONS and not starts_student:
-            predictions.append(_TEACHER_PREDICTIONS[key])
+        stored = _TEACHER_PREDICTIONS.get(key)
+        if (stored is not None and not starts_student
+                and (stored.states is not None or not with_states)):
+            passes.append(stored)
             continue
         with _untouched_random_state():
             teacher = load_run(json.loads(row["config"]), checkpoint, feature_file)
@@ -191,13 +255,33 @@ def teacher_predictions(args, student=None) -> dict[str, float] | None:
                                   f"(sha256 differs): distil from a run on this file")
             if starts_student:
                 start_text_from_teacher(student, teacher.model.Model)
-            predicted = teacher.trainer.predict(teacher.model,
-                                                in_order(teacher.loaders["train"]))
-        predictions.append(dict(zip(predicted["ids"], predicted["M"].reshape(-1).tolist())))
+            states = []
+            encoder = teacher.model.Model.text_encoder
+            hook = (encoder.register_forward_hook(lambda _, __, output: states.append(
+                output.detach().float().cpu())) if with_states else None)
+            try:
+                predicted = teacher.trainer.predict(teacher.model,
+                                                    in_order(teacher.loaders["train"]))
+            finally:
+                if hook is not None:
+                    hook.remove()
+        ids = list(predicted["ids"])
+        passes.append(Teacher(
+            dict(zip(ids, predicted["M"].reshape(-1).tolist())),
+            TeacherStates({sample_id: i for i, sample_id in enumerate(ids)}, torch.cat(states))
+            if with_states else None))
         if key is not None:
-            _TEACHER_PREDICTIONS[key] = predictions[-1]
-    return {sample_id: float(np.mean([seed[sample_id] for seed in predictions]))
-            for sample_id in predictions[0]}
+            _TEACHER_PREDICTIONS[key] = passes[-1]
+    predictions = {sample_id: float(np.mean([seed.predictions[sample_id] for seed in passes]))
+                   for sample_id in passes[0].predictions}
+    states = None
+    if with_states:
+        first = passes[0].states
+        # Every seed's rows in the first seed's order (each pass reads the split in file order).
+        order = [[seed.states.row[sample_id] for sample_id in first.row] for seed in passes]
+        states = TeacherStates(first.row, torch.stack(
+            [seed.states.values[rows] for seed, rows in zip(passes, order)]).mean(dim=0))
+    return Teacher(predictions, states)
 
 
 def teacher_targets(teacher: dict[str, float], ids, like: torch.Tensor) -> torch.Tensor:
@@ -210,6 +294,23 @@ def teacher_targets(teacher: dict[str, float], ids, like: torch.Tensor) -> torch
     values = torch.tensor([teacher[sample_id] for sample_id in ids], dtype=like.dtype,
                           device=like.device)
     return values.view_as(like)
+
+
+def states_loss(teacher: TeacherStates, ids, student_states: torch.Tensor,
+                text_bert: torch.Tensor) -> torch.Tensor:
+    """L_HS: the mean squared error between the student's text-encoder output (B, L, H) and the
+    teacher's for a batch's sample `ids`, over the real tokens (row 1 of MMSA's `text_bert`, the
+    attention mask, (B, 3, L)) and the H channels."""
+    missing = [sample_id for sample_id in ids if sample_id not in teacher.row]
+    if missing:
+        raise ConfigError(f"the teacher has no text states for training sample '{missing[0]}': "
+                          f"it was trained on another training split; distil from a run on "
+                          f"this one")
+    target = teacher.values[[teacher.row[sample_id] for sample_id in ids]].to(
+        device=student_states.device, dtype=student_states.dtype)
+    real = text_bert[:, 1, :].to(student_states.device) > 0
+    squared = (student_states - target).pow(2).mean(dim=-1)  # (B, L)
+    return squared[real].mean()
 
 
 def start_text_from_teacher(student, teacher) -> None:

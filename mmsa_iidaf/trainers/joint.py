@@ -12,7 +12,8 @@ has `main_parameters()`, `text_encoder_parameters()` and `discriminator_paramete
 objective has `task_targets`, `task_loss` and `__call__` (a dict of terms with 'total' and 'L_T').
 IIDAF's trainer adds modality selection and diagnostics (`trainers/iidaf.py`). With
 `distill_from`, each batch's loss adds `distill_weight` × L_KD, the task loss against a finished
-run's predictions (`trainers/distill.py`). With `ema_decay`, validation, the checkpoint and so
+run's predictions, and with `distill_states_weight` × L_HS, the distance of the text encoder's
+states to that run's (`trainers/distill.py`). With `ema_decay`, validation, the checkpoint and so
 the test read an average of the weights over the last steps (`trainers/averaging.py`).
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from ..errors import ConfigError, TrainingDiverged
 from ..registry import metrics_for, model_inputs, text_token_ids
 from .averaging import WeightAverage, ema_decay
-from .distill import teacher_predictions, teacher_targets
+from .distill import load_teacher, states_loss, states_weight, teacher_targets
 
 logger = logging.getLogger("MMSA")
 
@@ -65,7 +66,8 @@ class JointTrainer:
         self.objective = self.objective_class(args)
         self.metrics = metrics_for(args)
         self.lower_is_better = args.KeyEval in LOWER_IS_BETTER
-        self.teacher = None  # {training sample id: prediction} with `distill_from`
+        self.teacher = None  # the `distill.Teacher` of a run with `distill_from`
+        self.student_states = None  # the text encoder's output of the batch (with L_HS)
         self.ema_decay = ema_decay(args)
         self.average = None  # the WeightAverage of a training with `ema_decay`
 
@@ -119,10 +121,14 @@ class JointTrainer:
             with self.precision():
                 losses = self.objective(network, outputs, labels)
                 if self.teacher is not None:
-                    taught = teacher_targets(self.teacher, batch["id"], outputs["M"])
+                    taught = teacher_targets(self.teacher.predictions, batch["id"], outputs["M"])
                     losses["L_KD"] = self.objective.task_loss(outputs["M"], taught)
                     losses["total"] = (losses["total"]
                                        + float(args.get("distill_weight", 1.0)) * losses["L_KD"])
+                if self.teacher is not None and self.teacher.states is not None:
+                    losses["L_HS"] = states_loss(self.teacher.states, batch["id"],
+                                                 self.student_states, inputs[0])
+                    losses["total"] = losses["total"] + states_weight(args) * losses["L_HS"]
             if not torch.isfinite(losses["total"]):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 # Before the first validated epoch there is no good checkpoint to point to.
@@ -156,7 +162,7 @@ class JointTrainer:
         parts = sorted(key for key in means if "[" in key)  # a term per pair or per modality
         named = [key for key in self.objective.terms if key in means]
         terms = " ".join(f"{key}: {means[key]:.4f}"
-                         for key in ("total", *named, "L_critic", "L_KD", *parts)
+                         for key in ("total", *named, "L_critic", "L_KD", "L_HS", *parts)
                          if key in means)
         logger.info(f"TRAIN-({args.model_name}) epoch {epoch} seed {args.seed} >> {terms}")
         inert = [key for key in self.objective.terms if key in in_graph and key not in moved]
@@ -172,7 +178,7 @@ class JointTrainer:
         args = self.args
         # The teacher first: with distill_init the text encoder starts from the teacher's, whose
         # word embedding has every row, and is trimmed after.
-        self.teacher = teacher_predictions(args, model.Model)
+        self.teacher = load_teacher(args, model.Model)
         # (A loader without a dataset is a benchmark's timed loader; its vocabulary is fitted
         # when the model is built.)
         train_dataset = getattr(dataloader["train"], "dataset", None)
@@ -185,28 +191,47 @@ class JointTrainer:
                                          self.ema_decay)
         best, best_epoch = (math.inf if self.lower_is_better else -math.inf), 0
         epoch_results = {"train": [], "valid": [], "test": []}
-        for epoch in range(1, int(args.get("max_epochs", 100)) + 1):
-            train_results = self._train_epoch(model, dataloader["train"], optimizer,
-                                              disc_optimizer, epoch)
-            averaged = (self.average.swapped_in() if self.average is not None
-                        else contextlib.nullcontext())
-            with averaged:
-                valid_results = self.validate(model, dataloader["valid"])
-                current = valid_results[args.KeyEval]
-                improved = self._is_better(current, best)
-                if improved:
-                    best, best_epoch = current, epoch
-                    torch.save(model.state_dict(), args.model_save_path)
-            logger.info(
-                f"EPOCH-({args.model_name}) {epoch}: valid {args.KeyEval} {current:.4f}, best "
-                f"{best:.4f} at epoch {best_epoch}{' (saved)' if improved else ''}"
-            )
-            if return_epoch_results:
-                epoch_results["train"].append(train_results)
-                epoch_results["valid"].append(valid_results)
-            if epoch - best_epoch >= args.early_stop:
-                break
+        with self._capturing_text_states(model.Model):
+            for epoch in range(1, int(args.get("max_epochs", 100)) + 1):
+                train_results = self._train_epoch(model, dataloader["train"], optimizer,
+                                                  disc_optimizer, epoch)
+                averaged = (self.average.swapped_in() if self.average is not None
+                            else contextlib.nullcontext())
+                with averaged:
+                    valid_results = self.validate(model, dataloader["valid"])
+                    current = valid_results[args.KeyEval]
+                    improved = self._is_better(current, best)
+                    if improved:
+                        best, best_epoch = current, epoch
+                        torch.save(model.state_dict(), args.model_save_path)
+                logger.info(
+                    f"EPOCH-({args.model_name}) {epoch}: valid {args.KeyEval} {current:.4f}, best "
+                    f"{best:.4f} at epoch {best_epoch}{' (saved)' if improved else ''}"
+                )
+                if return_epoch_results:
+                    epoch_results["train"].append(train_results)
+                    epoch_results["valid"].append(valid_results)
+                if epoch - best_epoch >= args.early_stop:
+                    break
         return epoch_results if return_epoch_results else None
+
+    @contextlib.contextmanager
+    def _capturing_text_states(self, network):
+        """With a teacher's text states (L_HS): each training forward's text-encoder output is
+        kept in `student_states` for the loss (the model's outputs hold the pooled features only)."""
+        if self.teacher is None or self.teacher.states is None:
+            yield
+            return
+
+        def keep(_module, _inputs, output):
+            self.student_states = output
+
+        handle = network.text_encoder.register_forward_hook(keep)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.student_states = None
 
     # --- evaluation -----------------------------------------------------------------------
 
