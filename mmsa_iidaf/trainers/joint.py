@@ -218,7 +218,7 @@ class JointTrainer:
     @contextlib.contextmanager
     def _capturing_text_states(self, network):
         """With a teacher's text states (L_HS): each training forward's text-encoder output is
-        kept in `student_states` for the loss (the model's outputs hold the pooled features only)."""
+        kept in `student_states` for the loss (the model's outputs hold pooled features only)."""
         if self.teacher is None or self.teacher.states is None:
             yield
             return
