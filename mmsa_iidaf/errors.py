@@ -2,6 +2,8 @@
 
 `run.py` prints the line and exits with status 2; `MMSA_run` callers get the exception.
 """
+import math
+from typing import Callable
 
 
 class UserError(Exception):
@@ -26,3 +28,17 @@ class ConfigError(UserError):
 
 class TrainingDiverged(UserError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
+
+
+def config_number(args, key: str, default: float, accepted: Callable[[float], bool],
+                  requirement: str) -> float:
+    """`args[key]` (or `default`) as a float; ConfigError in one line unless `accepted` by it
+    (a value that is not a number reads as NaN, which no comparison accepts)."""
+    value = args.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not accepted(number):
+        raise ConfigError(f"config '{key}' = {value!r} must be {requirement}")
+    return number

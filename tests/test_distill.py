@@ -15,7 +15,7 @@ from easydict import EasyDict
 
 from mmsa_iidaf.data.synthetic import make_dataset
 from mmsa_iidaf.errors import ConfigError
-from mmsa_iidaf.trainers.distill import _TEACHER_PREDICTIONS, load_teacher, teacher_targets
+from mmsa_iidaf.trainers.distill import _TEACHER_PASSES, load_teacher, teacher_targets
 from support import SMALL_IIDAF, close_mmsa_handlers, run_folders
 
 TWO_EPOCHS = {**SMALL_IIDAF, "max_epochs": 2, "early_stop": 2}
@@ -87,7 +87,7 @@ def test_with_every_seed_the_teacher_is_the_mean_of_its_seeds(feature_file, teac
         assert sorted(ensemble) == sorted(one)
         assert [ensemble[i] for i in one] == pytest.approx([(one[i] + two[i]) / 2 for i in one])
     # Each teacher was predicted once: the students' seeds read the stored predictions.
-    stored = [key for key in _TEACHER_PREDICTIONS
+    stored = [key for key in _TEACHER_PASSES
               if key[0][0].startswith(str(teacher_dir.parent.resolve()))]
     assert len(stored) == 2
     # A student seed the teacher run lacks still has the mean of the seeds it has.

@@ -16,20 +16,13 @@ from contextlib import contextmanager
 import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from ..errors import ConfigError
+from ..errors import config_number
 
 
 def ema_decay(args) -> float:
     """The run's `ema_decay`, checked: ConfigError in one line unless 0 <= d < 1."""
-    value = args.get("ema_decay", 0.0)
-    try:
-        decay = float(value)
-    except (TypeError, ValueError):
-        decay = -1.0
-    if not 0 <= decay < 1:
-        raise ConfigError(f"config 'ema_decay' = {value!r} must be in [0, 1) (0: off; e.g. 0.95 "
-                          f"averages about the last 20 steps)")
-    return decay
+    return config_number(args, "ema_decay", 0.0, lambda decay: 0 <= decay < 1,
+                         "in [0, 1) (0: off; e.g. 0.95 averages about the last 20 steps)")
 
 
 class WeightAverage:

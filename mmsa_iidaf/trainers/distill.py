@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 from .. import registry, runs
-from ..errors import ConfigError
+from ..errors import ConfigError, config_number
 from ..models.iidaf.settings import iidaf_settings
 from ..text_encoders import (computes_pretrained_states, encoder_depth, kept_layer_indices,
                              resolve_pretrained)
@@ -71,14 +71,8 @@ def check_distill_init(args) -> None:
 
 def states_weight(args) -> float:
     """`distill_states_weight` (default 0: no L_HS), checked."""
-    value = args.get("distill_states_weight", 0.0)
-    try:
-        weight = float(value)
-    except (TypeError, ValueError):
-        weight = -1.0
-    if not weight >= 0:
-        raise ConfigError(f"config 'distill_states_weight' = {value!r} must be a number >= 0")
-    return weight
+    return config_number(args, "distill_states_weight", 0.0, lambda weight: weight >= 0,
+                         "a number >= 0")
 
 
 class _TextEncoderPlan(NamedTuple):
@@ -158,8 +152,7 @@ def teacher_seed_rows(args) -> list[pd.Series]:
     if args.get("train_mode", "regression") != "regression":
         raise ConfigError("config 'distill_from' distils a regression teacher; this run is "
                           f"'{args['train_mode']}': drop distill_from")
-    if float(args.get("distill_weight", 1.0)) < 0:
-        raise ConfigError(f"config 'distill_weight' = {args['distill_weight']} must be >= 0")
+    config_number(args, "distill_weight", 1.0, lambda weight: weight >= 0, ">= 0")
     if args.get("distill_init") not in (None, True, False):
         raise ConfigError(f"config 'distill_init' = {args['distill_init']!r} must be true or false")
     seeds = args.get("distill_seeds", "same")
@@ -204,7 +197,7 @@ class Teacher(NamedTuple):
 # With `distill_seeds: all` every student seed of a run reads the same teachers: each teacher's
 # pass over the training split is computed once per process, keyed by its checkpoint and the
 # feature file with their mtimes (a retrained teacher or a rewritten file is predicted again).
-_TEACHER_PREDICTIONS: dict[tuple, Teacher] = {}
+_TEACHER_PASSES: dict[tuple, Teacher] = {}
 
 
 def _predictions_key(checkpoint: Path, feature_file: Path) -> tuple | None:
@@ -235,7 +228,7 @@ def load_teacher(args, student=None) -> Teacher | None:
                           and int(row["seed"]) == int(args["seed"]))
         checkpoint = row_checkpoint(row)
         key = _predictions_key(checkpoint, feature_file)
-        stored = _TEACHER_PREDICTIONS.get(key)
+        stored = _TEACHER_PASSES.get(key)
         if (stored is not None and not starts_student
                 and (stored.states is not None or not with_states)):
             passes.append(stored)
@@ -264,7 +257,7 @@ def load_teacher(args, student=None) -> Teacher | None:
             TeacherStates({sample_id: i for i, sample_id in enumerate(ids)}, torch.cat(states))
             if with_states else None))
         if key is not None:
-            _TEACHER_PREDICTIONS[key] = passes[-1]
+            _TEACHER_PASSES[key] = passes[-1]
     predictions = {sample_id: float(np.mean([seed.predictions[sample_id] for seed in passes]))
                    for sample_id in passes[0].predictions}
     states = None
