@@ -73,7 +73,8 @@ DEFAULTS = {
 # the others at rank 64: of the candidates at <= 50 % of IIDAF's latency and parameters, the
 # lowest mean validation loss on mosi_utt (t, a, seeds 1-3), trained with distill_from an IIDAF
 # run at distill_weight 3, distill_seeds all (benchmarks/lite_selection.md, re-selected
-# 2026-12-02 when IIDAF's own speed-up put 5 layers at 63 % of its batch-1 latency).
+# 2026-12-02 when IIDAF's own speed-up put 5 layers at 63 % of its batch-1 latency); its
+# training adds distill_states_weight 1, the lowest over seeds 1-6 of the candidates within noise.
 PRESETS = {
     "full": {},
     "lite": {"d_model": 64, "enc_layers": [1, 1, 1], "enc_heads": [2, 2, 2], "shared_heads": 2,
