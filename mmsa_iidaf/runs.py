@@ -167,8 +167,22 @@ def write_diagnostics(args, results, is_tune: bool, seed_run) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def validation_results(seed_run) -> dict:
+    """`valid_{metric}` of the kept checkpoint on the validation split, the numbers a choice
+    between configurations reads (the test split's are for reporting only). Evaluated after the
+    test, so the test results are those of MMSA's run either way."""
+    if seed_run is None or "valid" not in seed_run.dataloader:
+        return {}
+    # do_test, not the IIDAF trainer's validate: that one would choose the fused modalities
+    # again, while the checkpoint's choice is the one to score.
+    results = seed_run.trainer.do_test(seed_run.model, seed_run.dataloader["valid"], mode="VAL")
+    return {f"valid_{name}": _plain(value) for name, value in results.items()}
+
+
 def record_seed(args, results, is_tune: bool, seed_run=None) -> None:
-    """Append this seed's test results as one row, at once, so that a later crash loses nothing.
+    """Append this seed's results as one row, at once, so that a later crash loses nothing:
+    the test split's metrics, then (after the run's identity) the validation split's
+    (`valid_` + metric) of the same checkpoint.
 
     The row records what the number depends on beyond the seed: the config, the data file, the
     device, torch's version and its CPU thread count (the same seed gives other numbers with
@@ -190,6 +204,7 @@ def record_seed(args, results, is_tune: bool, seed_run=None) -> None:
         "cpu_threads": torch.get_num_threads(),
         "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "checkpoint": str(args["model_save_path"]),
+        **validation_results(seed_run),
         "config_sha256": args.get("config_sha256", ""),
         "config": json.dumps({k: v for k, v in args.items()}, default=str, sort_keys=True),
     })

@@ -81,11 +81,14 @@ def test_grid_writes_seeds_rows_table_and_predictions(grid, mmsa_logger):
                 assert mae == pytest.approx(rows.set_index("seed").loc[seed, "MAE"], abs=1e-3)
 
     table = pd.read_csv(results / "compare-mosi.csv")
+    summarised = METRICS + [f"valid_{m}" for m in METRICS]  # the test's, then validation's
     expected = ["model", "n_seeds", "text_input"] + [
-        f"{m}_{s}" for m in METRICS for s in ("mean", "std", "p")]
-    assert list(table.columns) == expected + [f"{m}_n" for m in METRICS] + [
+        f"{m}_{s}" for m in summarised for s in ("mean", "std", "p")]
+    assert list(table.columns) == expected + [f"{m}_n" for m in summarised] + [
         "MAE_diff", "MAE_diff_low", "MAE_diff_high"]
-    assert (table[[f"{m}_n" for m in METRICS]] == 2).all().all()  # every metric on both seeds
+    assert (table[[f"{m}_n" for m in summarised]] == 2).all().all()  # every metric, both seeds
+    assert table.loc[1, "valid_MAE_mean"] == pytest.approx(
+        pd.read_csv(results / "iidaf-mosi-seeds.csv")["valid_MAE"].mean())
     assert table["model"].tolist() == ["lf_dnn", "iidaf"] and table["n_seeds"].tolist() == [2, 2]
     assert table.loc[0, [f"{m}_p" for m in METRICS]].isna().all()
     assert table.loc[1, "MAE_p"] == pytest.approx(stats.ttest_rel(

@@ -166,8 +166,9 @@ def test_early_stopping_reads_the_validation_split_only(spied_run):
     during = [split for phase, split in passes if phase == "do_train"]
     after = [split for phase, split in passes if phase == "after do_train"]
     assert "test" not in during
-    # MMSA's test reads the test split once after training, then the diagnostics once more.
-    assert after == ["test", "test"], "only the test and its diagnostics read the test split"
+    # MMSA's test reads the test split once after training, the seeds row the validation split
+    # (its valid_ columns), then the diagnostics the test split once more.
+    assert after == ["test", "valid", "test"], "only the test and its diagnostics read test"
 
     epochs = len([line for line in spied_run["lines"] if EPOCH_LINE.search(line)])
     assert epochs >= 1 and during.count("train") == during.count("valid") == epochs
@@ -197,10 +198,23 @@ def test_early_stopping_and_the_tested_checkpoint_follow_the_validation_loss(
                       custom_feature=str(tiny_file), seeds=[1], **run_folders(tmp_path))
     finally:
         close_mmsa_handlers()
-    assert len(weights_after) == 4
+    # Four epochs, then the seeds row's validation pass, which reads the tested checkpoint.
+    assert len(weights_after) == 5
     assert list(tested) == ["test"]
     assert torch.equal(tested["test"], weights_after[1])
     assert not torch.equal(tested["test"], weights_after[3])
+    assert torch.equal(weights_after[4], weights_after[1])
+
+
+def test_the_seeds_row_records_the_kept_checkpoints_validation_metrics(spied_run):
+    """valid_Loss is the best validation loss of training, re-read from the kept checkpoint
+    (the fused modalities it chose included), and every test metric has its valid_ twin."""
+    row = spied_run["rows"].iloc[0]
+    bests = [float(match.group(1)) for line in spied_run["lines"]
+             if (match := re.search(r"best ([0-9.]+) at epoch", line))]
+    assert bests and row["valid_Loss"] == pytest.approx(bests[-1], abs=1e-4)
+    metrics = list(spied_run["rows"].columns[1:list(spied_run["rows"].columns).index("model")])
+    assert all(f"valid_{metric}" in row.index for metric in metrics)
 
 
 def test_every_loss_term_is_logged_per_epoch(spied_run):

@@ -169,6 +169,17 @@ def metric_names(rows: list[pd.DataFrame]) -> list[str]:
     return names
 
 
+def validation_metric_names(rows: list[pd.DataFrame]) -> list[str]:
+    """The validation columns of seeds rows (`valid_` + metric, `record_seed` writes them after
+    the run's identity), but for `Loss`, as with the test metrics. Rows written before they
+    existed have none."""
+    names = []
+    for table in rows:
+        names += [c for c in table.columns if c.startswith("valid_") and c not in names
+                  and c[len("valid_"):] not in NOT_COMPARED]
+    return names
+
+
 def load_predictions(name: str, dataset: str, res_save_dir, seeds) -> pd.DataFrame:
     """seed, id, y_true, y_pred of every seed whose predictions file exists (one value per
     sample; a classifier's logits have no MAE and are left out)."""
@@ -205,7 +216,8 @@ def build_table(entries: list[Entry], dataset: str, res_save_dir,
     """(the comparison table, its metrics) from the seeds files and the predictions."""
     rows = {entry.name: finished(entry, dataset, res_save_dir, seeds) for entry in entries}
     metrics = metric_names(list(rows.values()))
-    table = statistics.seed_summary(rows, metrics)
+    # The validation means are for choosing between the rows; the markdown reports the test's.
+    table = statistics.seed_summary(rows, metrics + validation_metric_names(list(rows.values())))
     table.insert(2, "text_input", [text_input(rows[entry.name]) for entry in entries])
     if "MAE" in metrics:
         # Only the predictions of finished seeds: a file of a seed run with another config
