@@ -206,15 +206,37 @@ def test_early_stopping_and_the_tested_checkpoint_follow_the_validation_loss(
     assert torch.equal(weights_after[4], weights_after[1])
 
 
+def best_validation_losses(lines) -> list[float]:
+    return [float(match.group(1)) for line in lines
+            if (match := re.search(r"best ([0-9.]+) at epoch", line))]
+
+
 def test_the_seeds_row_records_the_kept_checkpoints_validation_metrics(spied_run):
-    """valid_Loss is the best validation loss of training, re-read from the kept checkpoint
-    (the fused modalities it chose included), and every test metric has its valid_ twin."""
+    """valid_Loss is the best validation loss of training, re-read from the kept checkpoint,
+    and every test metric has its valid_ twin."""
     row = spied_run["rows"].iloc[0]
-    bests = [float(match.group(1)) for line in spied_run["lines"]
-             if (match := re.search(r"best ([0-9.]+) at epoch", line))]
+    bests = best_validation_losses(spied_run["lines"])
     assert bests and row["valid_Loss"] == pytest.approx(bests[-1], abs=1e-4)
     metrics = list(spied_run["rows"].columns[1:list(spied_run["rows"].columns).index("model")])
     assert all(f"valid_{metric}" in row.index for metric in metrics)
+
+
+def test_the_validation_metrics_score_the_checkpoints_choice_of_modalities(tiny_file, tmp_path):
+    """With modality_selection each validation pass scores modality sets and keeps the best in
+    the model; the seeds row's do_test pass, which chooses nothing, still reads the best epoch's
+    validation loss, so the checkpoint carries its set."""
+    lines = _Lines()
+    logging.getLogger().addHandler(lines)
+    try:
+        MMSA.MMSA_run("iidaf", "mosi", config={**SMALL, "max_epochs": 3, "early_stop": 3,
+                                               "modality_selection": True},
+                      custom_feature=str(tiny_file), seeds=[1], **run_folders(tmp_path))
+    finally:
+        logging.getLogger().removeHandler(lines)
+        close_mmsa_handlers()
+    bests = best_validation_losses(lines.lines)
+    assert bests and seed_rows(tmp_path / "results").iloc[0]["valid_Loss"] == pytest.approx(
+        bests[-1], abs=1e-4)
 
 
 def test_every_loss_term_is_logged_per_epoch(spied_run):
