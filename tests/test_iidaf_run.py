@@ -224,7 +224,8 @@ def test_the_seeds_row_records_the_kept_checkpoints_validation_metrics(spied_run
 def test_the_validation_metrics_score_the_checkpoints_choice_of_modalities(tiny_file, tmp_path):
     """With modality_selection each validation pass scores modality sets and keeps the best in
     the model; the seeds row's do_test pass, which chooses nothing, still reads the best epoch's
-    validation loss, so the checkpoint carries its set."""
+    validation loss. A consistency check: on this tiny file the same set may win every epoch,
+    so the scripted test above is the one that pins the checkpoint."""
     lines = _Lines()
     logging.getLogger().addHandler(lines)
     try:
