@@ -69,6 +69,11 @@ def check_distill_init(args) -> None:
                           "text-encoder states the student learns)")
 
 
+def distill_weight(args) -> float:
+    """`distill_weight` (default 1), the weight of L_KD, checked."""
+    return config_number(args, "distill_weight", 1.0, lambda weight: weight >= 0, ">= 0")
+
+
 def states_weight(args) -> float:
     """`distill_states_weight` (default 0: no L_HS), checked."""
     return config_number(args, "distill_states_weight", 0.0, lambda weight: weight >= 0,
@@ -152,7 +157,7 @@ def teacher_seed_rows(args) -> list[pd.Series]:
     if args.get("train_mode", "regression") != "regression":
         raise ConfigError("config 'distill_from' distils a regression teacher; this run is "
                           f"'{args['train_mode']}': drop distill_from")
-    config_number(args, "distill_weight", 1.0, lambda weight: weight >= 0, ">= 0")
+    distill_weight(args)
     if args.get("distill_init") not in (None, True, False):
         raise ConfigError(f"config 'distill_init' = {args['distill_init']!r} must be true or false")
     seeds = args.get("distill_seeds", "same")

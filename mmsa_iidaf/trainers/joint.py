@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..errors import ConfigError, TrainingDiverged
 from ..registry import metrics_for, model_inputs, text_token_ids
 from .averaging import WeightAverage, ema_decay
-from .distill import load_teacher, states_loss, states_weight, teacher_targets
+from .distill import distill_weight, load_teacher, states_loss, states_weight, teacher_targets
 
 logger = logging.getLogger("MMSA")
 
@@ -67,6 +67,7 @@ class JointTrainer:
         self.metrics = metrics_for(args)
         self.lower_is_better = args.KeyEval in LOWER_IS_BETTER
         self.teacher = None  # the `distill.Teacher` of a run with `distill_from`
+        self.kd_weight = self.hs_weight = 0.0  # its loss weights, read once with it
         self.student_states = None  # the text encoder's output of the batch (with L_HS)
         self.ema_decay = ema_decay(args)
         self.average = None  # the WeightAverage of a training with `ema_decay`
@@ -123,12 +124,11 @@ class JointTrainer:
                 if self.teacher is not None:
                     taught = teacher_targets(self.teacher.predictions, batch["id"], outputs["M"])
                     losses["L_KD"] = self.objective.task_loss(outputs["M"], taught)
-                    losses["total"] = (losses["total"]
-                                       + float(args.get("distill_weight", 1.0)) * losses["L_KD"])
+                    losses["total"] = losses["total"] + self.kd_weight * losses["L_KD"]
                 if self.teacher is not None and self.teacher.states is not None:
                     losses["L_HS"] = states_loss(self.teacher.states, batch["id"],
                                                  self.student_states, inputs[0])
-                    losses["total"] = losses["total"] + states_weight(args) * losses["L_HS"]
+                    losses["total"] = losses["total"] + self.hs_weight * losses["L_HS"]
             if not torch.isfinite(losses["total"]):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 # Before the first validated epoch there is no good checkpoint to point to.
@@ -179,6 +179,8 @@ class JointTrainer:
         # The teacher first: with distill_init the text encoder starts from the teacher's, whose
         # word embedding has every row, and is trimmed after.
         self.teacher = load_teacher(args, model.Model)
+        if self.teacher is not None:
+            self.kd_weight, self.hs_weight = distill_weight(args), states_weight(args)
         # (A loader without a dataset is a benchmark's timed loader; its vocabulary is fitted
         # when the model is built.)
         train_dataset = getattr(dataloader["train"], "dataset", None)
