@@ -206,7 +206,10 @@ def build_subject(spec: tuple[str, str, dict], feature_file: Path, text_mode: st
     # from one seed before a model is built (building draws a model's own number of values).
     torch.manual_seed(1)
     train_batches = [batch for _, batch in zip(range(DISTINCT_BATCHES), loaders["train"])]
-    test_batch = next(iter(loaders["test"]))
+    # The latency batch is the test split's 32 clips in file order, whatever the model's
+    # configured batch size (MISA, Self-MM and MulT train at 16: their loader's batch is 16).
+    test_batch = next(iter(torch.utils.data.DataLoader(loaders["test"].dataset,
+                                                       batch_size=LATENCY_BATCH)))
     torch.manual_seed(1)
     model = registry.build_model(args).to(device)
     fit_text_vocabulary(model.Model, training_vocabulary(loaders, vocabulary_ids))

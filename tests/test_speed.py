@@ -122,7 +122,8 @@ def test_model_specs_take_list_values(monkeypatch):
 
 def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
     """MMSA's loaders shuffle and building a model draws random numbers: the batches are drawn
-    before, so IIDAF and MISA (different sizes, different draws) get the same clips."""
+    before, so IIDAF and MISA (different sizes, different draws) get the same clips; the
+    latency batches hold 32 clips whatever the configured batch size (MISA's 16 here)."""
     import torch
 
     speed = _import_benchmark(monkeypatch, "speed")
@@ -135,6 +136,7 @@ def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
     assert first == second
     for size in (1, 32):  # the latency batches: the same text_bert, first of both models' inputs
         texts = [subject.latency_inputs[size][0][0] for subject in subjects]
+        assert [len(text) for text in texts] == [size, size]
         assert torch.equal(texts[0], texts[1][..., :texts[0].shape[-1]])
 
 

@@ -65,7 +65,7 @@ class SDPAEncoderLayer(nn.TransformerEncoderLayer):
         frames = src[rows]  # (N, D): the batch's real frames, packed
         x = self.norm1(frames + self._attention(frames, real, rows))
         x = self.norm2(x + self._ff_block(x))
-        return x.new_zeros(src.shape).index_put(rows, x)
+        return x.new_zeros(src.shape).index_put_(rows, x)  # in place: no copy of the zeros
 
     def _attention(self, x: Tensor, real: Tensor | None,
                    rows: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -78,7 +78,7 @@ class SDPAEncoderLayer(nn.TransformerEncoderLayer):
         if rows is not None:
             # Padding frames' queries, keys and values as zeros: their keys are masked and their
             # queries' outputs dropped below.
-            qkv = qkv.new_zeros(*real.shape, 3 * width).index_put(rows, qkv)
+            qkv = qkv.new_zeros(*real.shape, 3 * width).index_put_(rows, qkv)
         batch, length = qkv.shape[:2]
         query, key, value = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
         mask = None if real is None else real[:, None, None, :]
