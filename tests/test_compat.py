@@ -165,6 +165,33 @@ def test_b5_bert_models_follow_pretrained_and_its_width(tiny_mosi, hub_offline, 
     assert MMDataset(loader_args, mode="train").args["feature_dims"][0] == STAND_IN_WIDTH
 
 
+def test_misa_reads_audio_and_vision_at_the_texts_lengths(hub_offline):
+    """Left as MMSA ships it (README, "MMSA 2.2.1 on today's stack"): MISA packs its audio and
+    vision LSTMs at the text's lengths, so frames after a clip's n_text are never read."""
+    from MMSA.models.singleTask.MISA import MISA
+
+    torch.manual_seed(0)
+    args = model_args("misa", pretrained=str(resolve_pretrained(STAND_IN)),
+                      feature_dims=[STAND_IN_WIDTH, 5, 20])
+    misa = MISA(args).eval()
+    text_length, frames = 6, 30
+    ids = torch.randint(1000, 2000, (2, 10))
+    mask = (torch.arange(10) < text_length).long().expand(2, 10)
+    text = torch.stack([ids, mask, torch.zeros_like(ids)], dim=1).float()
+    audio, vision = torch.randn(2, frames, 5), torch.randn(2, frames, 20)
+
+    def predict(audio, vision):
+        with torch.no_grad():
+            return misa(text, audio, vision)["M"]
+
+    reference = predict(audio, vision)
+    later = torch.arange(frames) >= text_length
+    changed_late = predict(audio + 5 * later[:, None], vision + 5 * later[:, None])
+    changed_early = predict(audio + 5 * ~later[:, None], vision)
+    assert torch.equal(reference, changed_late)
+    assert not torch.allclose(reference, changed_early)
+
+
 def test_b6_bert_mag_runs_on_transformers_5(hub_offline, tmp_path, run_dirs):
     from transformers import BertModel
 
