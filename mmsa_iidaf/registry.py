@@ -145,6 +145,13 @@ def label_range(dataset_name: str) -> tuple[float, float] | None:
     return {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0)}[dataset_name.lower()]
 
 
+def mae_clip(dataset_name: str) -> tuple[float, float] | None:
+    """The range MMSA's MAE clips labels and predictions to before scoring, or None: its SIMS
+    regression metric clips both to [-1, 1] (`MetricsTop.__eval_sims_regression`); MOSI's,
+    MOSEI's and the plugin's datasets' metrics score them as they are."""
+    return (-1.0, 1.0) if dataset_name.lower() == "sims" else None
+
+
 def train_mode(model_name: str, dataset_name: str) -> str:
     """Cross-entropy only where both the dataset and the model are built for it."""
     entry = MODELS.get(model_name.lower())

@@ -155,15 +155,16 @@ def write_predictions(args, results, is_tune: bool, seed_run) -> None:
 
 def write_diagnostics(args, results, is_tune: bool, seed_run) -> None:
     """For a model whose trainer can `diagnose`: the test split's diagnostics of this seed, in
-    {res}/diagnostics/{model}-{dataset}-seed{seed}.json."""
+    {res}/diagnostics/{name}-{dataset}-seed{seed}.json, `name` the run's (an ablation's
+    variant, e.g. `iidaf[-mic]`, has its own file)."""
     if is_tune or "res_save_dir" not in args or not hasattr(seed_run.trainer, "diagnose"):
         return
     report = seed_run.trainer.diagnose(seed_run.model, seed_run.dataloader["test"])
-    report = {"model": args["model_name"], "dataset": args["dataset_name"], "seed": args["seed"],
-              "split": "test", **report}
+    report = {"model": args["model_name"], "name": run_name(args),
+              "dataset": args["dataset_name"], "seed": args["seed"], "split": "test", **report}
     directory = Path(args["res_save_dir"]) / "diagnostics"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{args['model_name']}-{args['dataset_name']}-seed{args['seed']}.json"
+    path = directory / f"{run_name(args)}-{args['dataset_name']}-seed{args['seed']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 import mmsa_iidaf
-from mmsa_iidaf import cli, runs
+from mmsa_iidaf import cli, registry, runs
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import ConfigError, UnknownNameError
 from mmsa_iidaf.experiments import compare, robustness, statistics
@@ -143,6 +143,24 @@ def test_mae_interval_reads_only_the_predictions_of_finished_seeds(grid, tmp_pat
     pd.testing.assert_frame_equal(table, clean)
 
 
+def test_a_seed_rerun_with_another_config_is_not_finished_for_the_first(grid, tmp_path):
+    """The seed's checkpoint, predictions and diagnostics are the later run's: an older row of
+    this config no longer describes them, so the seed counts as not finished (trained again)."""
+    root, _ = grid
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)
+    entries = compare.plan(["lf_dnn", "iidaf"], "mosi", config_file=str(root / "fast.json"),
+                           res_save_dir=results, custom_feature=str(root / "tiny.pkl"))
+    assert compare.finished(entries[1], "mosi", results, [1, 2])["seed"].tolist() == [1, 2]
+    path = runs.seeds_csv(results, "iidaf", "mosi")
+    rows = pd.read_csv(path)
+    later = rows[rows["seed"] == 1].assign(config_sha256="f" * 64)
+    pd.concat([rows, later]).to_csv(path, index=False)
+    assert compare.finished(entries[1], "mosi", results, [1, 2])["seed"].tolist() == [2]
+    table, _ = compare.build_table(entries, "mosi", results, [1, 2])
+    assert table.set_index("model").loc["iidaf", "n_seeds"] == 1
+
+
 def test_robustness_joins_the_table(grid, monkeypatch, mmsa_logger):
     root, args = grid
     monkeypatch.setattr(MMSA, "MMSA_run", lambda *a, **k: pytest.fail("training started"))
@@ -253,6 +271,11 @@ def test_ablation_rows_resume_per_variant(grid, capsys, mmsa_logger):
     assert rows["checkpoint"].iloc[0].endswith("iidaf[-mic]-mosi-seed1.pth")
     assert Path(rows["checkpoint"].iloc[0]).is_file()
     assert (root / "results" / "predictions" / "iidaf[-mic]-mosi-seed1.npz").is_file()
+    # Each variant's diagnostics beside the full model's, not over them.
+    diagnostics = root / "results" / "diagnostics"
+    for name in ("iidaf", "iidaf[-mic]"):
+        report = json.loads((diagnostics / f"{name}-mosi-seed1.json").read_text())
+        assert report["name"] == name and report["model"] == "iidaf"
 
     (root / "results" / "iidaf[-sgaff]-mosi-seeds.csv").unlink()
     assert cli.main(args) == 0
@@ -312,6 +335,36 @@ def test_p_value_is_scipys_paired_t_test_over_common_seeds():
     assert table.loc[1, "MAE_mean"] == pytest.approx(np.mean([0.90, 1.02, 0.85, 0.50]))
     assert table.loc[1, "MAE_std"] == pytest.approx(np.std([0.90, 1.02, 0.85, 0.50], ddof=1))
     assert statistics.best_rows(table, "MAE").tolist() == [False, True]
+
+
+def test_p_value_pairs_only_seeds_where_both_are_defined():
+    reference = pd.DataFrame({"seed": [1, 2, 3, 4], "Corr": [0.70, 0.72, 0.71, 0.69]})
+    other = pd.DataFrame({"seed": [1, 2, 3, 4], "Corr": [0.50, np.nan, 0.52, 0.51]})
+    table = statistics.seed_summary({"a": reference, "b": other}, ["Corr"])
+    expected = stats.ttest_rel([0.50, 0.52, 0.51], [0.70, 0.71, 0.69]).pvalue
+    assert table.loc[1, "Corr_p"] == pytest.approx(expected)
+
+
+def test_sims_mae_difference_is_the_difference_of_mmsas_clipped_maes():
+    """MMSA's SIMS metric clips labels and predictions to [-1, 1] before its MAE; the paired
+    difference (the table's MAE_diff) reads them the same way."""
+    import torch
+    from MMSA.utils.metricsTop import MetricsTop
+
+    rng = np.random.default_rng(3)
+    y_true = rng.uniform(-1, 1, 200)
+    reference = y_true + rng.normal(0, 0.3, 200)
+    other = y_true + rng.normal(0, 0.8, 200)  # many predictions past ±1
+    mmsa_mae = MetricsTop("regression").getMetics("SIMS")
+    mae = {name: mmsa_mae(torch.tensor(pred), torch.tensor(y_true))["MAE"]
+           for name, pred in (("reference", reference), ("other", other))}
+    difference, _, _ = statistics.mae_difference(y_true, reference, other,
+                                                 clip=registry.mae_clip("sims"))
+    # MMSA rounds each MAE to 4 decimals.
+    assert difference == pytest.approx(mae["other"] - mae["reference"], abs=1e-4)
+    unclipped, _, _ = statistics.mae_difference(y_true, reference, other)
+    assert abs(unclipped - difference) > 0.01
+    assert registry.mae_clip("mosi") is None
 
 
 def test_undefined_correlations_are_counted_and_marked_in_the_table():

@@ -129,11 +129,15 @@ def check_feature_file_matches(entries: list[Entry], dataset: str, res_save_dir)
 
 
 def finished(entry: Entry, dataset: str, res_save_dir, seeds) -> pd.DataFrame:
-    """The entry's rows of `seeds` made with its config and feature file, the latest per seed."""
+    """The entry's rows of `seeds` made with its config and feature file: each seed's latest
+    row, when that row is one of these. A later run of the same name with another config
+    rewrote the seed's checkpoint, predictions and diagnostics, so an older matching row no
+    longer describes them: that seed is trained again."""
     rows = seeds_rows(entry, dataset, res_save_dir)
-    same = ((rows["config_sha256"] == entry.fingerprint)
-            & (rows["feature_sha256"] == entry.feature_sha256) & rows["seed"].isin(seeds))
-    return rows[same].drop_duplicates("seed", keep="last")
+    latest = rows[rows["seed"].isin(seeds)].drop_duplicates("seed", keep="last")
+    same = ((latest["config_sha256"] == entry.fingerprint)
+            & (latest["feature_sha256"] == entry.feature_sha256))
+    return latest[same]
 
 
 @contextlib.contextmanager
@@ -234,7 +238,8 @@ def build_table(entries: list[Entry], dataset: str, res_save_dir,
                 continue
             pairs = statistics.paired_samples(reference, predictions(entry))
             intervals.append(statistics.mae_difference(
-                pairs["y_true"], pairs["y_pred_reference"], pairs["y_pred_other"]))
+                pairs["y_true"], pairs["y_pred_reference"], pairs["y_pred_other"],
+                clip=registry.mae_clip(dataset)))
         table[["MAE_diff", "MAE_diff_low", "MAE_diff_high"]] = intervals
     return table, metrics
 

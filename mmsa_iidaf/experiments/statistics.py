@@ -1,7 +1,8 @@
 """The statistics of a comparison, as pure functions of tables and arrays (no files, no runs).
 
 - Per model and metric: mean and sample standard deviation over seeds, and a paired t-test
-  (`scipy.stats.ttest_rel`) against the reference model over the seeds both finished.
+  (`scipy.stats.ttest_rel`) against the reference model over the seeds both finished with the
+  metric defined.
 - Per model: the MAE difference to the reference over test samples, seeds pooled and paired by
   (seed, id), with a paired bootstrap interval (`scipy.stats.bootstrap`, percentile method).
 """
@@ -17,8 +18,9 @@ LOWER_IS_BETTER = ("MAE", "Loss")
 
 def paired_p_value(reference: pd.Series, other: pd.Series) -> float:
     """Two-sided paired t-test of `other` against `reference` (both indexed by seed) over the
-    seeds both have; NaN with fewer than two such seeds."""
-    common = reference.index.intersection(other.index)
+    seeds where both are defined (Pearson's r is not, for a constant prediction); NaN with
+    fewer than two such seeds."""
+    common = reference.dropna().index.intersection(other.dropna().index)
     if len(common) < 2:
         return float("nan")
     return float(stats.ttest_rel(other.loc[common], reference.loc[common]).pvalue)
@@ -59,16 +61,19 @@ def paired_samples(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame
 
 
 def mae_difference(y_true, y_pred_reference, y_pred_other, *, level: float = 0.95,
-                   n_resamples: int = 9999, seed: int = 0) -> tuple[float, float, float]:
-    """MAE(other) − MAE(reference) over paired samples, with a paired bootstrap interval.
+                   n_resamples: int = 9999, seed: int = 0,
+                   clip: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """MAE(other) − MAE(reference) over paired samples, with a paired bootstrap interval;
+    `clip`: (low, high) applied to labels and predictions first, where the dataset's MAE does.
 
     The difference of the two MAEs is the mean of the per-sample differences of absolute
     errors, so resampling those differences resamples the pairs. The percentile method, not
     scipy's default BCa: BCa's jackknife holds an n × n array, about 4 GB for five pooled seeds
     of MOSEI's test split. A fixed `seed` makes the interval reproducible."""
-    y_true = np.asarray(y_true, dtype=float)
-    differences = (np.abs(np.asarray(y_pred_other, dtype=float) - y_true)
-                   - np.abs(np.asarray(y_pred_reference, dtype=float) - y_true))
+    y_true, y_pred_reference, y_pred_other = (
+        np.asarray(values, dtype=float) if clip is None else np.clip(values, *clip)
+        for values in (y_true, y_pred_reference, y_pred_other))
+    differences = np.abs(y_pred_other - y_true) - np.abs(y_pred_reference - y_true)
     if len(differences) < 2:
         return float("nan"), float("nan"), float("nan")
     if np.all(differences == differences[0]):  # every resample has the same mean
