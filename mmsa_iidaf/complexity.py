@@ -13,6 +13,7 @@ import sys
 import time
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import registry
@@ -43,23 +44,32 @@ def _sample(args) -> tuple[tuple, dict]:
     return inputs, {}
 
 
+def count_flops(module: torch.nn.Module, *inputs, **kwargs) -> int:
+    """FLOPs of one no-grad forward of `module`, attention included.
+
+    The counter cannot see two fused paths, so both are turned off while counting: eval-mode
+    Transformer layers' fast path, and the CPU's fused attention kernel
+    (`_scaled_dot_product_flash_attention_for_cpu`, which has no FLOP formula in torch); SDPA's
+    math backend computes the same products as matrix multiplications the counter counts."""
+    counter = FlopCounterMode(display=False)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+            module(*inputs, **kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return counter.get_total_flops()
+
+
 def measure(model_name: str, dataset_name: str, overrides: dict | None = None,
             latency_runs: int = 0) -> dict:
     """{'parameters': count, 'flops': per sample, 'latency_ms': mean CPU ms (if runs > 0)}."""
     args = _encoder_free_args(model_name, dataset_name, overrides or {})
     model = registry.build_model(args).eval()
     inputs, kwargs = _sample(args)
-    counter = FlopCounterMode(display=False)
-    # Eval-mode Transformer layers take a fused fast path whose FLOPs the counter cannot see.
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), counter:
-            model(*inputs, **kwargs)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
     result = {"parameters": sum(p.numel() for p in model.parameters()),
-              "flops": counter.get_total_flops()}
+              "flops": count_flops(model, *inputs, **kwargs)}
     if latency_runs:
         with torch.no_grad():
             model(*inputs, **kwargs)

@@ -521,6 +521,23 @@ def test_complexity_excludes_bert():
     assert smaller["parameters"] < plain["parameters"]
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "torch"])
+def test_flop_count_includes_attention(attention):
+    """One encoder layer: the projections and feed-forward block (2 FLOPs a multiply-add) and
+    attention's two products, 2·L²·D each; on the CPU the fused attention kernel has no FLOP
+    formula in torch, so a count that missed it would be short by exactly the latter."""
+    from mmsa_iidaf.models.iidaf.encoders import transformer_encoder
+
+    width, length, feedforward = 32, 40, 64
+    encoder = transformer_encoder(width, 1, 4, 0.1, attention=attention).eval()
+    encoder.layers[0].linear1 = torch.nn.Linear(width, feedforward)
+    encoder.layers[0].linear2 = torch.nn.Linear(feedforward, width)
+    projections = 2 * length * width * (3 * width + width + 2 * feedforward)
+    attention_products = 2 * 2 * length * length * width
+    flops = complexity.count_flops(encoder, torch.randn(1, length, width))
+    assert flops == projections + attention_products
+
+
 def test_complexity_command_line(monkeypatch, capsys):
     """`python -m mmsa_iidaf.complexity -m iidaf -d mosi`, run as __main__ in this process (a
     new interpreter would only add seconds of imports)."""
