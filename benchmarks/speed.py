@@ -23,10 +23,11 @@ slows all of them alike:
   trainer (`do_train`: every loss, IIDAF's critic step, gradient accumulation, clipping), timed
   from the first step after a warm-up to the end of the training pass, at the configured batch
   size; batches are collated once beforehand, so data loading is not timed; median over rounds;
-- peak memory: on the CPU, the peak resident set (VmHWM) of a fresh child process that builds
-  one model and runs its training steps and a batch-32 forward, counted from after its imports
-  (`import_rss_mb`: its resident set then, included in the peak); on a GPU,
-  `torch.cuda.max_memory_allocated` as well.
+- peak memory: the peak resident set (VmHWM) of a fresh child process that builds one model
+  and runs training batches (at least one whole optimiser step) and a batch-32 forward, counted
+  from after its imports (`import_rss_mb`: its resident set then, included in the peak); on a
+  GPU also that process's `torch.cuda.max_memory_allocated`, the table's figure there (the
+  child holds no other model).
 """
 from __future__ import annotations
 
@@ -248,19 +249,23 @@ class _TrainingPassDone(Exception):
 
 
 class _TimedTrainLoader:
-    """Hands the trainer `steps` batches, noting when each is handed over."""
+    """Hands the trainer `steps` batches, noting when each is handed over and its size."""
 
     def __init__(self, batches: list, steps: int, device: torch.device):
-        self.batches, self.steps, self.device, self.handed = batches, steps, device, []
+        self.batches, self.steps, self.device = batches, steps, device
+        self.handed, self.sizes = [], []
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
-        self.handed = []  # a trainer may pass over the data before its epochs (Self-MM)
+        # A trainer may pass over the data before its epochs (Self-MM): the last pass counts.
+        self.handed, self.sizes = [], []
         for step in range(self.steps):
+            batch = self.batches[step % len(self.batches)]
             self.handed.append(_now(self.device))
-            yield self.batches[step % len(self.batches)]
+            self.sizes.append(len(batch["labels"]["M"]))
+            yield batch
 
 
 class _StopAtValidation:
@@ -286,8 +291,8 @@ def train_samples_per_s(subject: Subject, warmup_steps: int, timed_steps: int) -
         pass
     if stop.reached is None:
         raise RuntimeError(f"{subject.name}'s trainer finished without validating")
-    batch_size = len(subject.train_batches[0]["labels"]["M"])
-    return timed_steps * batch_size / (stop.reached - train.handed[warmup_steps])
+    # The samples of the batches handed over in the window (a last, partial batch counts as such).
+    return sum(train.sizes[warmup_steps:]) / (stop.reached - train.handed[warmup_steps])
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -310,13 +315,21 @@ def _memory_child(request: dict, answer) -> None:
     torch.set_num_threads(request["threads"])
     _reset_peak_rss()
     imported = _status_mb("VmRSS")
+    device = torch.device(request["device"])
     subject = build_subject(tuple(request["model"]), Path(request["feature_file"]), request["text"],
-                            torch.device("cpu"), Path(request["work_dir"]), request["overrides"],
+                            device, Path(request["work_dir"]), request["overrides"],
                             training_token_ids(Path(request["vocabulary"]))
                             if request["vocabulary"] else None)
-    train_samples_per_s(subject, 1, request["steps"])
+    # At least one optimiser step, whose state counts: MulT and Self-MM accumulate gradients
+    # over `update_epochs` batches before stepping.
+    steps = max(request["steps"], int(subject.args.get("update_epochs", 1)))
+    train_samples_per_s(subject, 1, steps)
     forward_ms(subject, LATENCY_BATCH)
-    answer.put({"peak_rss_mb": _status_mb("VmHWM"), "import_rss_mb": imported})
+    figures = {"peak_rss_mb": _status_mb("VmHWM"), "import_rss_mb": imported}
+    if device.type == "cuda":
+        # This process holds this model only, so the device's peak is the model's.
+        figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    answer.put(figures)
 
 
 def in_fresh_process(target, request: dict, what: str) -> dict:
@@ -333,20 +346,14 @@ def in_fresh_process(target, request: dict, what: str) -> dict:
 
 def peak_memory(spec: tuple[str, str, dict], feature_file: Path, options, work_dir: Path,
                 setting: Setting, overrides: list) -> dict:
-    """Peak RSS of a fresh process that builds the model of `spec` and trains and runs it."""
+    """Peak RSS (and on a GPU peak allocated GPU memory) of a fresh process that builds the
+    model of `spec` and trains and runs it."""
     request = {"model": spec, "feature_file": str(feature_file), "text": options.text,
+               "device": options.device,
                "work_dir": str(work_dir), "threads": options.threads,
                "steps": setting.memory_steps, "overrides": overrides,
                "vocabulary": options.vocabulary and str(options.vocabulary)}
     return in_fresh_process(_memory_child, request, f"the memory measurement of {spec[0]}")
-
-
-def gpu_peak_mb(subject: Subject, setting: Setting) -> float:
-    device = subject.args["device"]
-    torch.cuda.reset_peak_memory_stats(device)
-    train_samples_per_s(subject, 1, setting.memory_steps)
-    forward_ms(subject, LATENCY_BATCH)
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -390,14 +397,13 @@ def measure(models: list[str], options, setting: Setting) -> dict:
                 "latency_ms_b32_p90": _percentile(latencies[subject.name][LATENCY_BATCH], 90),
                 "train_samples_per_s": statistics.median(throughputs[subject.name]),
             }
-            if device.type == "cuda":
-                row["peak_gpu_mb"] = gpu_peak_mb(subject, setting)
             results[subject.name] = row
         del subjects
-        if device.type == "cpu":
-            for spec in models:
-                results[spec[0]].update(peak_memory(spec, feature_file, options, work_dir,
-                                                    setting, overrides))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the children measure; this process holds nothing more
+        for spec in models:
+            results[spec[0]].update(peak_memory(spec, feature_file, options, work_dir,
+                                                setting, overrides))
     add_ratios(results)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -448,7 +454,8 @@ def markdown(table: dict, command: str) -> str:
         "Latency: one forward pass, eval mode, `torch.inference_mode`, median (p90) over the "
         "rounds. Training: samples/s over whole optimiser steps of each model's MMSA trainer at "
         "its configured batch size, median over rounds. Memory: "
-        + ("`torch.cuda.max_memory_allocated`." if memory_key == "peak_gpu_mb" else
+        + ("`torch.cuda.max_memory_allocated` of a fresh process that builds the model, trains "
+           "a few steps and runs a batch-32 forward." if memory_key == "peak_gpu_mb" else
            "peak RSS of a fresh process that builds the model, trains a few steps and runs a "
            "batch-32 forward, counted from after its imports (its RSS then is given below "
            "the table and included in the peak).")

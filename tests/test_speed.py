@@ -146,3 +146,51 @@ def test_eval_path_benchmark_checks_the_predictions_and_times_both_paths(monkeyp
     assert eval_path.main(["--models", "iidaf", "--rounds", "1", "--shapes", "compact"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `iidaf`")]
     assert len(row) == 1 and row[0].count(" / ") == 2
+
+
+def test_throughput_counts_the_samples_of_the_batches_in_the_window(monkeypatch):
+    """Batches of 48, 48 and 32 (a last, partial one): each counts as its own size. The clock
+    is a counter, so nothing here depends on time."""
+    import torch
+
+    speed = _import_benchmark(monkeypatch, "speed")
+    ticks = iter(range(1000))
+    monkeypatch.setattr(speed, "_now", lambda device: float(next(ticks)))
+
+    class OneEpoch:
+        def do_train(self, model, loaders):
+            for _ in loaders["train"]:
+                pass
+            for _ in loaders["valid"]:
+                pass
+
+    batches = [{"labels": {"M": torch.zeros(size)}} for size in (48, 48, 32)]
+    subject = speed.Subject("m", {"device": torch.device("cpu")}, None, OneEpoch(), batches, {},
+                            "", 0, 0)
+    # Handed at ticks 0..5 (sizes 48, 48, 32, 48, 48, 32); validation reached at tick 6.
+    assert speed.train_samples_per_s(subject, 1, 5) == (48 + 32 + 48 + 48 + 32) / (6 - 1)
+
+
+def test_memory_pass_reaches_an_optimiser_step_of_accumulating_trainers(monkeypatch, tmp_path):
+    """MulT steps its optimiser every `update_epochs` (8) batches: the memory pass trains at
+    least that many after its warm-up batch, so the optimiser's state is in the peak."""
+    speed = _import_benchmark(monkeypatch, "speed")
+    trained = []
+    monkeypatch.setattr(speed, "_reset_peak_rss", lambda: None)
+    monkeypatch.setattr(speed.torch, "set_num_threads", lambda threads: None)  # the child's
+    monkeypatch.setattr(speed, "train_samples_per_s",
+                        lambda subject, warmup, steps: trained.append((warmup, steps)))
+    monkeypatch.setattr(speed, "forward_ms", lambda subject, size: 0.0)
+
+    class Answer:
+        def put(self, figures):
+            self.figures = figures
+
+    feature_file = speed.data_file(tmp_path, "compact")
+    for model, steps in (("mult", 8), ("tfn", 2)):
+        request = {"model": (model, model, {}), "feature_file": str(feature_file),
+                   "text": "features", "device": "cpu", "work_dir": str(tmp_path), "threads": 1,
+                   "steps": 2, "overrides": [], "vocabulary": None}
+        answer = Answer()
+        speed._memory_child(request, answer)
+        assert trained.pop() == (1, steps) and answer.figures["peak_rss_mb"] > 0
