@@ -6,7 +6,8 @@
     python benchmarks/scaling.py --device cuda --out DIR             # the same on a GPU
 
 Data: synthetic MOSEI-shaped clips in MMSA's unaligned layout (audio 74 and vision 35 wide, text
-through the frozen offline stand-in encoder from `text_bert`, 50 tokens), read by MMSA's loader.
+through the frozen offline stand-in encoder from `text_bert`, 50 tokens, run on every batch: no
+cache of its outputs, so the encoder's forward is in every point), read by MMSA's loader.
 - data size: train splits of `--fractions` (0.25, 0.5, 1) x `--train-size` (MOSEI's 16,326)
   samples, audio and vision `--size-length` frames (default 50);
 - sequence length: audio and vision `--lengths` (50, 125, 250, 500) frames, at
