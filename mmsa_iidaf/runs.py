@@ -205,6 +205,10 @@ def record_seed(args, results, is_tune: bool, seed_run=None) -> None:
         "cpu_threads": torch.get_num_threads(),
         "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "checkpoint": str(args["model_save_path"]),
+        # Every run of this name, dataset and seed writes the same file (whatever its config
+        # or results folder): the fingerprint lets robustness and analysis refuse a rewritten one.
+        "checkpoint_sha256": (file_sha256(Path(args["model_save_path"]))
+                              if Path(args["model_save_path"]).is_file() else ""),
         **validation_results(seed_run),
         "config_sha256": args.get("config_sha256", ""),
         "config": json.dumps({k: v for k, v in args.items()}, default=str, sort_keys=True),

@@ -185,6 +185,20 @@ def test_a_checkpoint_that_does_not_fit_its_config_exits_2(runs, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_a_checkpoint_rewritten_since_its_row_exits_2(runs, tmp_path, capsys):
+    import shutil
+
+    seeds = tmp_path / "iidaf-mosi-seeds.csv"
+    rows = pd.read_csv(runs["results"] / "iidaf-mosi-seeds.csv")
+    checkpoint = tmp_path / "iidaf-mosi-seed1.pth"
+    shutil.copyfile(runs["iidaf"], checkpoint)
+    rows.assign(checkpoint=str(checkpoint),
+                checkpoint_sha256="f" * 64).to_csv(seeds, index=False)
+    line = refused([checkpoint, "--seeds-csv", seeds, "--out", tmp_path / "out"], capsys)
+    assert "is not the one its seeds row recorded" in line and "--model-save-dir" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_baseline_or_an_unknown_checkpoint_exits_2(runs, tmp_path, capsys):
     line = refused([runs["lf_dnn"], "--res-save-dir", runs["results"], "--out", tmp_path / "o"],
                    capsys)

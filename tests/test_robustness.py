@@ -198,10 +198,10 @@ def test_a_failing_checkpoint_keeps_the_others_rows_and_the_same_call_resumes(
 
     real_load = robustness.load_run
 
-    def load_but_iidaf(config, checkpoint):
+    def load_but_iidaf(config, checkpoint, **options):
         if config["model_name"] == "iidaf":
             raise AttributeError("'IIDAF' object has no attribute 'model'")
-        return real_load(config, checkpoint)
+        return real_load(config, checkpoint, **options)
 
     with monkeypatch.context() as patch:
         patch.setattr(robustness, "load_run", load_but_iidaf)
@@ -261,3 +261,24 @@ def test_the_summary_is_the_relative_area_under_each_curve(evaluated):
     assert sorted(real["model"]) == ["iidaf", "lf_dnn"]
     assert {f"MAE_rauc_{k}_{s}_mean" for k in ("missing", "noise") for s in ("t", "a", "v", "all")
             } <= set(real.columns)
+
+
+def test_a_checkpoint_rewritten_by_another_run_is_refused(rows, tmp_path):
+    """Every run of a name, dataset and seed writes the same checkpoint file, whatever its
+    results folder: a row whose file another run (same architecture) rewrote is refused, not
+    scored with the other run's weights."""
+    import shutil
+
+    from mmsa_iidaf.analysis.checkpoint import CheckpointMismatch
+    from mmsa_iidaf.experiments.robustness import evaluate_row
+    from mmsa_iidaf.runs import file_sha256
+
+    baseline = rows[rows["model"] == "lf_dnn"].set_index("seed")
+    own, other = row_checkpoint(baseline.loc[1]), row_checkpoint(baseline.loc[2])
+    assert baseline.loc[1, "checkpoint_sha256"] == file_sha256(own)
+    row = baseline.loc[1].copy()
+    row["seed"] = 1
+    row["checkpoint"] = str(tmp_path / "lf_dnn-mosi-seed1.pth")
+    shutil.copyfile(other, row["checkpoint"])  # seed 2's weights where seed 1's were
+    with pytest.raises(CheckpointMismatch, match="is not the one its seeds row recorded"):
+        evaluate_row(row, "missing", (0.0,), corruption_seed=0)

@@ -16,7 +16,7 @@ from pathlib import Path
 # Importing the package installs the plugin: MMSA then builds iidaf and reads its data.
 from mmsa_iidaf.errors import ConfigError, UserError
 
-from .checkpoint import find_seed_row, load_run, read_config_json
+from .checkpoint import find_seed_row, load_run, read_config_json, recorded_sha256
 from .report import analyse
 
 
@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     options = build_parser().parse_args(argv)
     try:
+        expected_sha256 = None
         if options.config_json:
             config = read_config_json(options.config_json)
             source = f"`{options.config_json}`"
         else:
             row = find_seed_row(options.checkpoint, options.seeds_csv, options.res_save_dir)
             config = json.loads(row["config"])
+            expected_sha256 = recorded_sha256(row)
             source = (f"seeds row of {row.get('name', row['model'])}, seed {row['seed']}, "
                       f"finished {row.get('finished_at', '?')}")
         if options.dataset and options.dataset != config["dataset_name"]:
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"-d {options.dataset}, but checkpoint {options.checkpoint} was trained on "
                 f"{config['dataset_name']}: pass -d {config['dataset_name']}"
             )
-        run = load_run(config, options.checkpoint, options.feature)
+        run = load_run(config, options.checkpoint, options.feature, expected_sha256)
         if run.other_features:
             print(f"warning: {run.feature_file} is not the feature file the checkpoint was "
                   f"trained on (sha256 differs); analysing it anyway", file=sys.stderr)

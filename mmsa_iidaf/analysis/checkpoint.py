@@ -105,12 +105,27 @@ def _device(config: dict) -> torch.device:
     return torch.device("cpu")
 
 
-def load_run(config: dict, checkpoint: Path, feature_file: Path | None = None) -> LoadedRun:
+def recorded_sha256(row) -> str | None:
+    """The checkpoint fingerprint a seeds row recorded; None for rows written before the
+    `checkpoint_sha256` column, which cannot be checked."""
+    value = row.get("checkpoint_sha256")
+    return value if isinstance(value, str) and value else None
+
+
+def load_run(config: dict, checkpoint: Path, feature_file: Path | None = None,
+             expected_sha256: str | None = None) -> LoadedRun:
     """Build the run's loaders, model and trainer from `config` (a seeds row's config) and load
-    `checkpoint` into the model. `feature_file`: the data to read (default: the run's own)."""
+    `checkpoint` into the model. `feature_file`: the data to read (default: the run's own).
+    `expected_sha256`: the seeds row's checkpoint fingerprint; another file is refused."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint not found: {checkpoint}")
+    if expected_sha256 and file_sha256(checkpoint) != expected_sha256:
+        raise CheckpointMismatch(
+            f"checkpoint {checkpoint} is not the one its seeds row recorded (sha256 "
+            f"{file_sha256(checkpoint)[:12]}…, not {expected_sha256[:12]}…): a later run of the "
+            f"same name, dataset and seed wrote it; train that seed again, and give each results "
+            f"folder its own --model-save-dir")
     args = EasyDict(dict(config))
     feature_file = Path(feature_file or args.get("feature_file") or args["custom_feature"])
     args["custom_feature"] = str(feature_file)

@@ -41,7 +41,8 @@ from matplotlib.lines import Line2D
 from easydict import EasyDict
 
 from mmsa_iidaf import registry
-from mmsa_iidaf.analysis.checkpoint import LoadedRun, in_order, load_run, row_checkpoint
+from mmsa_iidaf.analysis.checkpoint import (LoadedRun, in_order, load_run, recorded_sha256,
+                                            row_checkpoint)
 from mmsa_iidaf.runs import uses_bert
 
 logger = logging.getLogger("MMSA")
@@ -208,7 +209,7 @@ class RobustnessFailed(RuntimeError):
 def evaluate_row(row, kind: str, levels: Iterable[float], corruption_seed: int) -> list[dict]:
     """Every (setting, level) of one seeds row's checkpoint on its test split."""
     config = json.loads(row["config"])
-    run = load_run(config, row_checkpoint(row))
+    run = load_run(config, row_checkpoint(row), expected_sha256=recorded_sha256(row))
     tokens = uses_bert(run.args)
     modalities = run.args.get("modalities", "tav")
     average = bool(run.args.get("need_normalized"))
