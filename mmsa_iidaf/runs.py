@@ -28,7 +28,7 @@ from .data.validate import load_and_validate
 from .errors import ConfigError, FeatureFileError
 from .text_encoders import encoder_width, resolve_pretrained
 from .trainers.averaging import ema_decay
-from .trainers.distill import check_distill_init, teacher_seed_rows
+from .trainers.distill import check_distill_init, check_student_checkpoints
 
 DEFAULT_HOME = Path.home() / "MMSA"
 MODALITIES = "tav"
@@ -316,7 +316,9 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
         check_before_training(model_name, preview, is_tune)
         if preview.get("distill_from") and not is_tune:
             for seed in list(seeds) or registry.DEFAULT_SEEDS:
-                teacher_seed_rows({**preview, "dataset_name": dataset_name, "seed": seed})
+                check_student_checkpoints({**preview, "model_name": model_name,
+                                           "dataset_name": dataset_name, "seed": seed},
+                                          model_save_dir)
         config["config_sha256"] = config_fingerprint(preview)
 
         return mmsa_run(

@@ -146,6 +146,26 @@ def test_a_teacher_without_a_seed_of_the_run_stops_it_before_any_training(featur
                       custom_feature=str(feature_file), seeds=[1], **run_folders(tmp_path))
 
 
+def test_a_student_sharing_the_teachers_checkpoint_folder_stops_before_any_training(
+        feature_file, teacher_dir, tmp_path):
+    """A seed's training removes its checkpoint first: with the teacher's --model-save-dir the
+    student's seed 1 would delete the teacher's seed-1 checkpoint before reading it."""
+    from mmsa_iidaf.runs import file_sha256
+
+    models = teacher_dir.parent / "models"
+    before = {path.name: file_sha256(path) for path in models.glob("*.pth")}
+    folders = {**run_folders(tmp_path), "model_save_dir": models}
+    with pytest.raises(ConfigError, match="give the student its own --model-save-dir"):
+        try:
+            MMSA.MMSA_run("iidaf", "mosi", config={**TWO_EPOCHS, "distill_from": str(teacher_dir),
+                                                  "distill_seeds": "all"},
+                          custom_feature=str(feature_file), seeds=[1], **folders)
+        finally:
+            close_mmsa_handlers()
+    assert {path.name: file_sha256(path) for path in models.glob("*.pth")} == before
+    assert len(before) == 2 and not (tmp_path / "results" / "iidaf-mosi-seeds.csv").exists()
+
+
 def test_distill_init_starts_the_students_text_encoder_from_the_teachers(feature_file, tmp_path):
     """The embeddings and each kept layer by its pretrained index; then the vocabulary is trimmed
     from the teacher's rows."""

@@ -188,6 +188,26 @@ def teacher_seed_rows(args) -> list[pd.Series]:
     return chosen
 
 
+def check_student_checkpoints(args, model_save_dir) -> list[pd.Series]:
+    """`teacher_seed_rows(args)`, and ConfigError (before any training) where the student's
+    checkpoint of `args['seed']` is a file its teacher reads: a seed's training removes its
+    checkpoint first, so a student sharing the teacher's --model-save-dir (run.py's default
+    for both) would delete a teacher checkpoint before reading it."""
+    from .. import compat
+    from ..analysis.checkpoint import row_checkpoint
+
+    rows = teacher_seed_rows(args)
+    student = compat.checkpoint_path({**args, "model_save_path": Path(model_save_dir) / "_"})
+    student = student.expanduser().resolve()
+    for row in rows:
+        if row_checkpoint(row).expanduser().resolve() == student:
+            raise ConfigError(
+                f"this run's checkpoint {student} is the file of the teacher's seed {row['seed']} "
+                f"in {args['distill_from']}: training would delete it before reading it; give "
+                f"the student its own --model-save-dir")
+    return rows
+
+
 class TeacherStates(NamedTuple):
     """The teacher's text-encoder output for every training sample: `values[row[id]]`, (L, H)."""
     row: dict[str, int]
