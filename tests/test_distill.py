@@ -132,6 +132,25 @@ def test_a_teacher_that_does_not_fit_is_one_clear_error(feature_file, teacher_di
     assert load_teacher(base) is None
 
 
+def test_a_teacher_checkpoint_rewritten_since_its_row_is_refused(feature_file, teacher_dir,
+                                                                 tmp_path):
+    import shutil
+
+    from mmsa_iidaf.analysis.checkpoint import CheckpointMismatch
+
+    folder = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, folder)
+    rows = pd.read_csv(folder / "iidaf-mosi-seeds.csv")
+    checkpoint = tmp_path / "iidaf-mosi-seed1.pth"
+    shutil.copyfile(rows.set_index("seed").loc[2, "checkpoint"], checkpoint)  # seed 2's weights
+    rows.loc[rows["seed"] == 1, "checkpoint"] = str(checkpoint)
+    rows.to_csv(folder / "iidaf-mosi-seeds.csv", index=False)
+    args = EasyDict(distill_from=str(folder), dataset_name="mosi", seed=1,
+                    custom_feature=str(feature_file), train_mode="regression")
+    with pytest.raises(CheckpointMismatch, match="is not the one its seeds row recorded"):
+        load_teacher(args)
+
+
 def test_a_teacher_without_a_seed_of_the_run_stops_it_before_any_training(feature_file,
                                                                           teacher_dir, tmp_path):
     with pytest.raises(ConfigError, match="has no seed 3"):

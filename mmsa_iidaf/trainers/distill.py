@@ -243,7 +243,7 @@ def load_teacher(args, student=None) -> Teacher | None:
     if not args.get("distill_from"):
         return None
     # (analysis.checkpoint reads runs' names at import: imported here, after runs is loaded.)
-    from ..analysis.checkpoint import in_order, load_run, row_checkpoint
+    from ..analysis.checkpoint import in_order, load_run, recorded_sha256, row_checkpoint
 
     feature_file = runs.feature_files(args)[0]
     with_states = bool(states_weight(args))
@@ -259,7 +259,8 @@ def load_teacher(args, student=None) -> Teacher | None:
             passes.append(stored)
             continue
         with _untouched_random_state():
-            teacher = load_run(json.loads(row["config"]), checkpoint, feature_file)
+            teacher = load_run(json.loads(row["config"]), checkpoint, feature_file,
+                               expected_sha256=recorded_sha256(row))
             if teacher.other_features:
                 raise ConfigError(f"the teacher in {args['distill_from']} (seed {row['seed']}) "
                                   f"was trained on another feature file than {feature_file} "
