@@ -95,6 +95,7 @@ def check_feature_files(args) -> None:
         expected_dims=list(args["feature_dims"]) if official else None,
         label_range=registry.label_range(args["dataset_name"]),
         need_lengths=not args.get("need_data_aligned"),
+        whole_labels=registry.dataset_task(args["dataset_name"]) == "classification",
     )
 
 

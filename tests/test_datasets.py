@@ -427,6 +427,13 @@ def test_a_ur_funny_label_other_than_0_or_1_is_refused(tiny_data, tmp_path, trai
                                                r"outside the dataset's range \[0.0, 1.0\]"):
         MMSA.MMSA_run("iidaf", "ur_funny", custom_feature=path, seeds=[1],
                       **run_folders(tmp_path / "run"))
+    # Inside [0, 1] but no class: training's targets (.long()) and the metrics (round) would
+    # read 0.99 as different classes.
+    data["train"]["regression_labels"][3] = 0.99
+    path = write_pickle(data, tmp_path / "humour.pkl")
+    with pytest.raises(FeatureFileError, match=r"has 1 label\(s\) that are not a class"):
+        MMSA.MMSA_run("iidaf", "ur_funny", custom_feature=path, seeds=[1],
+                      **run_folders(tmp_path / "run"))
     assert training_started == [] and written_files(tmp_path / "run") == []
 
 

@@ -152,7 +152,7 @@ def _lengths(split_data, split, key, seq_len, min_length, problem) -> None:
                       "features or fix the lengths", split, key)
 
 
-def _labels(split_data, split, label_range, problem) -> None:
+def _labels(split_data, split, label_range, problem, whole_labels: bool = False) -> None:
     key = "regression_labels"
     labels = _numeric_array(split_data[key], problem, split, key, "(samples,)")
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -173,6 +173,12 @@ def _labels(split_data, split, label_range, problem) -> None:
                           f"{float(labels.max()):g})",
                           "use the feature file of this dataset, or set the label range that "
                           "matches the file", split, key)
+    if whole_labels:
+        fractional = labels != np.round(labels)
+        if fractional.any():
+            raise problem(f"has {int(fractional.sum())} label(s) that are not a class of this "
+                          f"classification dataset (e.g. {float(labels[fractional][0]):g})",
+                          "store each label as its class (0 or 1 for a binary task)", split, key)
 
 
 def _check_modalities(modalities: str) -> str:
@@ -185,14 +191,16 @@ def _check_modalities(modalities: str) -> str:
 
 def validate_features(data: dict, *, path: str, use_bert: bool, modalities: str = "tav",
                       expected_dims: list | None = None, label_range: tuple | None = (-3, 3),
-                      need_lengths: bool = True, min_length: int = 1) -> dict:
+                      need_lengths: bool = True, min_length: int = 1,
+                      whole_labels: bool = False) -> dict:
     """Check a loaded MMSA feature dict; return ``{'feature_dims': [t,a,v], 'seq_lens': [t,a,v]}``.
 
     path: the file's name, used in messages. use_bert: text comes from ``text_bert`` (token ids)
     instead of ``text`` (precomputed features). modalities: which of 't', 'a', 'v' are used; keys
     of unused modalities are not required. expected_dims: the config's (text, audio, vision)
     feature widths, None entries (or None) skip the check; with use_bert the text width is the
-    encoder's and is not checked. label_range: (low, high) of ``regression_labels``, None skips.
+    encoder's and is not checked. label_range: (low, high) of ``regression_labels``, None skips;
+    whole_labels: each label must be a whole number (a class: a classification dataset).
     need_lengths: require ``audio_lengths``/``vision_lengths`` (unaligned data) and check them
     against the padded length; min_length is the smallest real length allowed.
     Raises FeatureFileError (one line) on the first problem. Dims and lengths are taken from
@@ -230,7 +238,7 @@ def validate_features(data: dict, *, path: str, use_bert: bool, modalities: str 
                 raise problem(f"is missing (keys present: {sorted(map(str, split_data))})",
                               _missing_key_fix(key), split, key)
         shapes[split] = _check_split(split_data, split, used, feature_keys, need_lengths,
-                                     min_length, label_range, problem)
+                                     min_length, label_range, problem, whole_labels)
 
     _check_splits_agree(shapes, problem)
     train = shapes["train"]
@@ -269,7 +277,8 @@ def _missing_key_fix(key: str) -> str:
         return (f"unaligned data needs '{key}' (real frames per sample); add it, or use aligned "
                 f"data, or drop that modality")
     if key in ("audio", "vision"):
-        return f"add the '{key}' features or leave that modality out of the model's modalities"
+        return (f"MMSA's loader reads '{key}' whatever the model's modalities; add it to every "
+                f"split (for a modality the model leaves out, zeros will do)")
     return f"add '{key}' (one entry per sample) to every split"
 
 
@@ -284,7 +293,7 @@ def _shape_if_sequence(value, is_text_bert: bool):
 
 
 def _check_split(split_data, split, used, feature_keys, need_lengths, min_length, label_range,
-                 problem) -> dict[str, tuple]:
+                 problem, whole_labels) -> dict[str, tuple]:
     counts = {}
     for key in PER_SAMPLE_KEYS:
         if key in split_data:
@@ -321,7 +330,7 @@ def _check_split(split_data, split, used, feature_keys, need_lengths, min_length
             shapes[key] = array.shape
         if need_lengths and modality in "av":
             _lengths(split_data, split, f"{key}_lengths", array.shape[1], min_length, problem)
-    _labels(split_data, split, label_range, problem)
+    _labels(split_data, split, label_range, problem, whole_labels)
     return shapes
 
 
@@ -359,7 +368,7 @@ def load_and_validate(path, **kwargs) -> tuple[dict, dict]:
     """Load the MMSA feature pickle at `path` and validate it; return ``(data, info)``.
 
     kwargs are those of ``validate_features`` (use_bert, modalities, expected_dims, label_range,
-    need_lengths, min_length). A missing, unreadable or non-pickle file, or one that does not hold
+    need_lengths, min_length, whole_labels). A missing, unreadable or non-pickle file, or one that does not hold
     a dict, raises FeatureFileError with one line.
     """
     path = Path(path)
