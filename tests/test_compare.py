@@ -185,10 +185,10 @@ def test_a_failing_robustness_evaluation_is_one_line_and_keeps_the_others(
     monkeypatch.setattr(MMSA, "MMSA_run", lambda *a, **k: pytest.fail("training started"))
     real_load = robustness.load_run
 
-    def load_but_iidaf(config, checkpoint):
+    def load_but_iidaf(config, checkpoint, **options):
         if config["model_name"] == "iidaf":
             raise AttributeError("'IIDAF' object has no attribute 'model'")
-        return real_load(config, checkpoint)
+        return real_load(config, checkpoint, **options)
 
     monkeypatch.setattr(robustness, "load_run", load_but_iidaf)
     capsys.readouterr()
@@ -343,6 +343,19 @@ def test_p_value_pairs_only_seeds_where_both_are_defined():
     table = statistics.seed_summary({"a": reference, "b": other}, ["Corr"])
     expected = stats.ttest_rel([0.50, 0.52, 0.51], [0.70, 0.71, 0.69]).pvalue
     assert table.loc[1, "Corr_p"] == pytest.approx(expected)
+
+
+def test_robustness_areas_say_when_fewer_seeds_were_scored():
+    table = pd.DataFrame({"model": ["a", "b"], "n_seeds": [3, 3], "text_input": ["", ""],
+                          "MAE_mean": [0.7, 0.8], "MAE_std": [0.01, 0.02], "MAE_n": [3, 3],
+                          "MAE_p": [np.nan, 0.2], "MAE_rauc_missing_t_mean": [1.2, 1.3],
+                          "MAE_rauc_missing_t_std": [0.1, 0.1],
+                          "MAE_rauc_missing_t_n": [3, 2]})
+    entry = compare.Entry("a", "a", {}, "", Path("f.pkl"), "0" * 64)
+    text = compare.markdown(table, ["MAE"], dataset="mosi", command="cmd", entry=entry,
+                            seeds=[1, 2, 3])
+    assert "| `a` | 1.2000 ± 0.1000 |" in text
+    assert "| `b` | 1.3000 ± 0.1000 (2/3 seeds) |" in text
 
 
 def test_sims_mae_difference_is_the_difference_of_mmsas_clipped_maes():

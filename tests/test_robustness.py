@@ -256,6 +256,7 @@ def test_the_summary_is_the_relative_area_under_each_curve(evaluated):
     # seed 1: trapezoid of 1, 1.5, 2 over [0, 1] = 1.5; seed 2: flat, 1.0.
     assert summary.loc["m", "MAE_rauc_missing_a_mean"] == pytest.approx(1.25)
     assert summary.loc["m", "MAE_rauc_missing_a_std"] == pytest.approx(np.std([1.5, 1.0], ddof=1))
+    assert summary.loc["m", "MAE_rauc_missing_a_n"] == 2
 
     real = robustness_summary(pd.concat([evaluated["missing"], evaluated["noise"]]))
     assert sorted(real["model"]) == ["iidaf", "lf_dnn"]

@@ -323,11 +323,21 @@ def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: 
     if areas:
         lines += ["", "Robustness: area under each curve of the metric against the corruption "
                   "level, relative to the clean score (1 = unaffected; `robustness-"
-                  f"{dataset}.csv` has the curves), mean ± std over seeds.", "",
+                  f"{dataset}.csv` has the curves), mean ± std over seeds; (k/n seeds): "
+                  "scored on k of the model's n seeds only (a seed without its checkpoint is "
+                  "skipped).", "",
                   "| model | " + " | ".join(areas) + " |", "|" + "---|" * (len(areas) + 1)]
+
+        def area_cell(row, area: str) -> str:
+            cell = _value(row[f"{area}_mean"], row[f"{area}_std"])
+            scored = row.get(f"{area}_n")
+            if pd.notna(scored) and int(scored) < row["n_seeds"]:
+                cell += f" ({int(scored)}/{row['n_seeds']} seeds)"
+            return cell
+
         for _, row in table.iterrows():
             lines.append(f"| `{row['model']}` | " + " | ".join(
-                _value(row[f"{a}_mean"], row[f"{a}_std"]) for a in areas) + " |")
+                area_cell(row, a) for a in areas) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -362,7 +362,8 @@ def robustness_summary(table: pd.DataFrame, metric: str = "MAE") -> pd.DataFrame
     seed, kind and modality setting, the trapezoid integral of metric(level) / metric(level 0)
     over the levels, divided by the level range — 1 = unaffected; above 1 is worse for MAE,
     below 1 worse for accuracies and correlation. One row per model, columns
-    `{metric}_rauc_{kind}_{setting}_mean` and `_std` (over seeds)."""
+    `{metric}_rauc_{kind}_{setting}_mean`, `_std` and `_n` (over the seeds with a defined area:
+    a seed without a checkpoint, or with a clean score of 0, has none)."""
     areas = []
     for (model, seed, kind, setting), curve in table.groupby(
             ["model", "seed", "kind", "modality"], sort=False):
@@ -376,9 +377,9 @@ def robustness_summary(table: pd.DataFrame, metric: str = "MAE") -> pd.DataFrame
         areas.append({"model": model, "column": f"{metric}_rauc_{kind}_{setting}",
                       "area": area})
     areas = pd.DataFrame(areas)
-    grouped = areas.groupby(["model", "column"], sort=False)["area"].agg(["mean", "std"])
-    wide = grouped.unstack("column")
+    grouped = areas.groupby(["model", "column"], sort=False)["area"].agg(["mean", "std", "count"])
+    wide = grouped.rename(columns={"count": "n"}).unstack("column")
     wide.columns = [f"{column}_{stat}" for stat, column in wide.columns]
     ordered = [f"{column}_{stat}" for column in areas["column"].unique()
-               for stat in ("mean", "std")]
+               for stat in ("mean", "std", "n")]
     return wide[ordered].reset_index()
