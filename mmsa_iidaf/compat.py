@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import sys
 import textwrap
 import types
@@ -26,6 +27,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from .errors import TrainingDiverged
 
 logger = logging.getLogger("MMSA")
 
@@ -381,36 +384,53 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
     args["seed"] = torch.initial_seed()
     for hook in RUN_HOOKS["before"]:
         hook(args)
-    args["model_save_path"] = checkpoint_path(args)
-    Path(args["model_save_path"]).unlink(missing_ok=True)
+    # Training writes a fresh partial file; the seed's checkpoint is replaced only once this run
+    # has been tested, so a run that fails (a bad setting, Ctrl-C) leaves a finished seed's
+    # checkpoint as it was. A tuning trial never touches it. A diverged run keeps its partial
+    # file, its last good checkpoint, which its error names.
+    final = checkpoint_path(args)
+    training = final.with_name(final.name + (".tune" if is_tune else "") + ".partial")
+    training.unlink(missing_ok=True)
+    args["model_save_path"] = training
+    keep_partial = False
+    try:
+        dataloader = mmsa_run.MMDataLoader(args, num_workers)
+        model = mmsa_run.AMIO(args).to(args["device"])
+        logger.info(f"The model has {mmsa_run.count_parameters(model)} trainable parameters")
+        trainer = mmsa_run.ATIO().getTrain(args)
+        epoch_results = trainer.do_train(model, dataloader, return_epoch_results=from_sena)
 
-    dataloader = mmsa_run.MMDataLoader(args, num_workers)
-    model = mmsa_run.AMIO(args).to(args["device"])
-    logger.info(f"The model has {mmsa_run.count_parameters(model)} trainable parameters")
-    trainer = mmsa_run.ATIO().getTrain(args)
-    epoch_results = trainer.do_train(model, dataloader, return_epoch_results=from_sena)
-
-    if Path(args["model_save_path"]).exists():
-        model.load_state_dict(torch.load(args["model_save_path"], map_location=args["device"]))
-    else:
-        logger.warning(
-            f"seed {args['seed']}: the validation {args.get('KeyEval')} never improved, so no "
-            "checkpoint was saved; testing the weights of the last epoch"
-        )
-    model.to(args["device"])
-    predictions = None
-    if from_sena:
-        final_results = {
-            split: trainer.do_test(model, dataloader[split], mode=split.upper(),
-                                   return_sample_results=True)
-            for split in ("train", "valid", "test")
-        }
-        results = {"epoch_results": epoch_results, "final_results": final_results}
-    elif is_tune:
-        results = trainer.do_test(model, dataloader[TUNE_SPLIT], mode=TUNE_SPLIT.upper())
-        Path(args["model_save_path"]).unlink(missing_ok=True)
-    else:
-        results, predictions = test_with_predictions(trainer, model, dataloader["test"])
+        if training.exists():
+            model.load_state_dict(torch.load(training, map_location=args["device"]))
+        else:
+            logger.warning(
+                f"seed {args['seed']}: the validation {args.get('KeyEval')} never improved, so no "
+                "checkpoint was saved; testing the weights of the last epoch"
+            )
+        model.to(args["device"])
+        predictions = None
+        if from_sena:
+            final_results = {
+                split: trainer.do_test(model, dataloader[split], mode=split.upper(),
+                                       return_sample_results=True)
+                for split in ("train", "valid", "test")
+            }
+            results = {"epoch_results": epoch_results, "final_results": final_results}
+        elif is_tune:
+            results = trainer.do_test(model, dataloader[TUNE_SPLIT], mode=TUNE_SPLIT.upper())
+        else:
+            results, predictions = test_with_predictions(trainer, model, dataloader["test"])
+        if not is_tune:
+            if not training.exists():  # the checkpoint is the model that was tested
+                torch.save(model.state_dict(), training)
+            os.replace(training, final)
+            args["model_save_path"] = final
+    except TrainingDiverged:
+        keep_partial = True
+        raise
+    finally:
+        if not keep_partial:
+            training.unlink(missing_ok=True)
     seed_run = types.SimpleNamespace(model=model, dataloader=dataloader, trainer=trainer,
                                      predictions=predictions)
     for hook in RUN_HOOKS["after"]:

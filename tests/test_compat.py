@@ -362,7 +362,38 @@ def test_ckpt_a_stale_checkpoint_is_never_tested(tiny_mosi, run_dirs, monkeypatc
     assert not torch.equal(weights["tested"], stale_weights)
     assert torch.equal(weights["tested"], weights["last epoch"])
     assert "never improved" in caplog.text
-    assert not (dirs["model_save_dir"] / "lf_dnn-mosi-seed1.pth").exists()
+    # The seed's checkpoint is the model that was tested, not the stale file.
+    kept = AMIO(model_args("lf_dnn", feature_dims=TINY_FEATURE_DIMS, **SMALL_LF_DNN))
+    kept.load_state_dict(torch.load(dirs["model_save_dir"] / "lf_dnn-mosi-seed1.pth"))
+    assert torch.equal(torch.nn.utils.parameters_to_vector(kept.parameters()), weights["tested"])
+
+
+def test_ckpt_a_failing_run_or_a_tuning_trial_leaves_a_finished_seeds_checkpoint(
+        tiny_mosi, run_dirs, monkeypatch):
+    """Training writes a partial file, which replaces the seed's checkpoint only once the run
+    has been tested: a run that fails mid-training, and a tuning trial of the same seed, leave
+    the finished seed's file as it was (and no partial file behind)."""
+    from MMSA.trains.singleTask.LF_DNN import LF_DNN
+
+    from mmsa_iidaf.runs import file_sha256
+
+    dirs = run_dirs("finished")
+    mmsa_run("lf_dnn", "mosi", tiny_mosi, dirs)
+    checkpoint = dirs["model_save_dir"] / "lf_dnn-mosi-seed1.pth"
+    finished = file_sha256(checkpoint)
+
+    def fail(self, model, dataloader, return_epoch_results=False):
+        torch.save(model.state_dict(), self.args["model_save_path"])  # an epoch was saved
+        raise ValueError("a bad setting, found mid-training")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LF_DNN, "do_train", fail)
+        with pytest.raises(ValueError, match="mid-training"):
+            mmsa_run("lf_dnn", "mosi", tiny_mosi, dirs)
+    MMSA.MMSA_run("lf_dnn", "mosi", custom_feature=str(tiny_mosi), is_tune=True, tune_times=1,
+                  seeds=[1], config={"early_stop": 1, **SMALL_LF_DNN}, **dirs)
+    assert file_sha256(checkpoint) == finished
+    assert sorted(path.name for path in dirs["model_save_dir"].iterdir()) == [checkpoint.name]
 
 
 def test_tune_trials_are_scored_on_valid(tiny_mosi, run_dirs, monkeypatch):

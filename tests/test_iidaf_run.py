@@ -343,7 +343,8 @@ def test_a_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tiny_file, 
     finally:
         close_mmsa_handlers()
     message = str(raised.value)
-    checkpoint = tmp_path / "models" / "iidaf-mosi-seed2.pth"
+    # The diverged run's last good checkpoint, kept beside the seed's (which it never replaced).
+    checkpoint = tmp_path / "models" / "iidaf-mosi-seed2.pth.partial"
     assert "\n" not in message and "seed 2, epoch 2" in message and "not finite" in message
     assert f"{checkpoint} is kept" in message
     saved = torch.load(checkpoint)

@@ -190,9 +190,9 @@ def teacher_seed_rows(args) -> list[pd.Series]:
 
 def check_student_checkpoints(args, model_save_dir) -> list[pd.Series]:
     """`teacher_seed_rows(args)`, and ConfigError (before any training) where the student's
-    checkpoint of `args['seed']` is a file its teacher reads: a seed's training removes its
-    checkpoint first, so a student sharing the teacher's --model-save-dir (run.py's default
-    for both) would delete a teacher checkpoint before reading it."""
+    checkpoint of `args['seed']` is a file its teacher reads: a seed's run replaces its
+    checkpoint once tested, so a student sharing the teacher's --model-save-dir (run.py's
+    default for both) would overwrite a teacher checkpoint its later seeds still read."""
     from .. import compat
     from ..analysis.checkpoint import row_checkpoint
 
@@ -203,7 +203,7 @@ def check_student_checkpoints(args, model_save_dir) -> list[pd.Series]:
         if row_checkpoint(row).expanduser().resolve() == student:
             raise ConfigError(
                 f"this run's checkpoint {student} is the file of the teacher's seed {row['seed']} "
-                f"in {args['distill_from']}: training would delete it before reading it; give "
+                f"in {args['distill_from']}: the student would overwrite it; give "
                 f"the student its own --model-save-dir")
     return rows
 
