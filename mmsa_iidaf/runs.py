@@ -25,7 +25,7 @@ import torch
 
 from . import compat, encoder_cache, registry
 from .data.validate import load_and_validate
-from .errors import ConfigError, FeatureFileError
+from .errors import ConfigError, FeatureFileError, config_number
 from .text_encoders import encoder_width, resolve_pretrained
 from .trainers.averaging import ema_decay
 from .trainers.distill import check_distill_init, check_student_checkpoints
@@ -276,6 +276,29 @@ def config_fingerprint(preview) -> str:
 PLUGIN_TRAINER_KEYS = {"distill_from": "reads no teacher", "ema_decay": "averages no weights"}
 
 
+# Counts MMSA's trainers loop over: a text or a number below 1 fails mid-run with a traceback.
+WHOLE_COUNTS = ("batch_size", "early_stop", "max_epochs", "update_epochs")
+
+
+def check_numbers(model_name: str, preview: dict) -> None:
+    """ConfigError in one line, before training, for a text where the model's registered config
+    has a number (`--set learning_rate=abc`, `"early_stop": "x"`), a count below 1 and a
+    learning rate that is not positive."""
+    defaults = registry.config_for(model_name, preview["dataset_name"])
+    for key, default in defaults.items():
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and isinstance(preview.get(key), str):
+            raise ConfigError(f"config '{key}' = {preview[key]!r} must be a number (the default "
+                              f"is {default})")
+    for key in WHOLE_COUNTS:
+        if key in preview:
+            config_number(preview, key, 1, lambda n: n >= 1 and n.is_integer(),
+                          "a whole number >= 1")
+    for key in preview:
+        if key.startswith("learning_rate") and preview[key] is not None:
+            config_number(preview, key, 1.0, lambda n: n > 0, "a number > 0")
+
+
 def check_before_training(model_name: str, preview: dict, is_tune: bool = False) -> None:
     """What a run's config (`preview_config`) can be checked for before MMSA makes any folder:
     the trainer's keys, the model's own settings, the feature files, the text encoder,
@@ -286,7 +309,12 @@ def check_before_training(model_name: str, preview: dict, is_tune: bool = False)
                               f"{ignored}; use it with one of "
                               f"{', '.join(sorted(registry.MODELS))}, or drop {key}")
     if not is_tune:  # a tuning config holds lists of values; each trial's is checked at build
-        registry.check_model_settings(model_name, preview)
+        check_numbers(model_name, preview)
+        try:
+            registry.check_model_settings(model_name, preview)
+        except (ValueError, TypeError) as error:  # a text where the model reads a number
+            raise ConfigError(f"{model_name}'s config has a value of the wrong kind ({error}): "
+                              f"fix it in --set or the config file") from None
         ema_decay(preview)
     check_feature_files(preview)
     if uses_bert(preview):

