@@ -283,7 +283,7 @@ WHOLE_COUNTS = ("batch_size", "early_stop", "max_epochs", "update_epochs")
 def check_numbers(model_name: str, preview: dict) -> None:
     """ConfigError in one line, before training, for a text where the model's registered config
     has a number (`--set learning_rate=abc`, `"early_stop": "x"`), a count below 1 and a
-    learning rate that is not positive."""
+    negative learning rate."""
     defaults = registry.config_for(model_name, preview["dataset_name"])
     for key, default in defaults.items():
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
@@ -296,7 +296,7 @@ def check_numbers(model_name: str, preview: dict) -> None:
                           "a whole number >= 1")
     for key in preview:
         if key.startswith("learning_rate") and preview[key] is not None:
-            config_number(preview, key, 1.0, lambda n: n > 0, "a number > 0")
+            config_number(preview, key, 1.0, lambda n: n >= 0, "a number >= 0")
 
 
 def check_before_training(model_name: str, preview: dict, is_tune: bool = False) -> None:
