@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 from collections.abc import Callable
@@ -79,7 +80,12 @@ def feature_files(args) -> list[Path]:
 
 def check_feature_files(args) -> None:
     """Every problem of the feature files that would stop or spoil training, before it starts."""
+    overrides = {args.get(key): flag for key, flag in
+                 (("feature_T", "-Ft"), ("feature_A", "-Fa"), ("feature_V", "-Fv"))}
     for path in feature_files(args):
+        if str(path) in overrides and not path.is_file():
+            raise FeatureFileError(f"feature file not found: {path} (given with "
+                                   f"{overrides[str(path)]}): check the path")
         if not path.is_file():
             default = Path(args["featurePath"])
             raise FeatureFileError(
@@ -97,6 +103,17 @@ def check_feature_files(args) -> None:
         need_lengths=not args.get("need_data_aligned"),
         whole_labels=registry.dataset_task(args["dataset_name"]) == "classification",
     )
+    for path in feature_files(args)[1:]:
+        try:
+            with open(path, "rb") as handle:
+                readable = isinstance(pickle.load(handle), dict)
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                ImportError, IndexError, KeyError):
+            readable = False
+        if not readable:
+            raise FeatureFileError(f"{path} (given with {overrides[str(path)]}) is not an MMSA "
+                                   f"feature pickle (a dict of splits): give the modality's "
+                                   f"feature file")
 
 
 def file_sha256(path: Path) -> str:
@@ -268,6 +285,10 @@ def config_fingerprint(preview) -> str:
     """sha256 of a run's config as `preview_config` builds it: two runs with the same
     fingerprint, feature sha256 and seed are the same run (the comparison skips it)."""
     settings = {k: v for k, v in preview.items() if k not in _NOT_FINGERPRINTED}
+    # A per-modality file counts by its content, as the main file does (its sha256 in the row).
+    for key in ("feature_T", "feature_A", "feature_V"):
+        if preview.get(key) and Path(preview[key]).is_file():  # a missing one is refused later
+            settings[f"{key}_sha256"] = file_sha256(Path(preview[key]))
     text = json.dumps(settings, default=str, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

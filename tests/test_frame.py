@@ -312,3 +312,30 @@ def test_a_trimmed_text_vocabulary_is_fitted_on_train_and_restored_from_the_chec
         assert embedding.num_embeddings == len(encoder.kept_ids)
     metrics = restored.trainer.do_test(restored.model, restored.loaders["test"], mode="TEST")
     assert metrics["MAE"] == pytest.approx(row["MAE"], abs=1e-4)
+
+
+def test_a_per_modality_file_counts_in_the_resume_and_a_garbled_one_is_one_line(
+        features, tmp_path, monkeypatch, capsys):
+    """`-Fa FILE` is part of what a seed was run on: another audio file trains the seed again
+    (its content, by sha256, is in the config fingerprint); a file that is no feature pickle
+    stops the run in one line."""
+    config = tmp_path / "fast.json"
+    config.write_text('{"lf_dnn": {"commonParams": {"early_stop": 1}}}')
+    other = write_dataset(tmp_path / "other.pkl", preset="mosi", n_train=48, n_valid=16,
+                          n_test=16, seed=1)
+    base = ["-m", "lf_dnn", "-d", "mosi", "-f", features, "-c", config, "-s", "1", "-v", "0",
+            "--res-save-dir", tmp_path / "results", "--model-save-dir", tmp_path / "models",
+            "--log-dir", tmp_path / "logs"]
+    assert run_cli_in_process(base + ["-Fa", features], monkeypatch, capsys).returncode == 0
+    again = run_cli_in_process(base + ["-Fa", features], monkeypatch, capsys)
+    assert "already in" in again.stdout
+    other_audio = run_cli_in_process(base + ["-Fa", other], monkeypatch, capsys)
+    assert other_audio.returncode == 0 and "already in" not in other_audio.stdout
+    assert len(pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")) == 2
+
+    garbled = tmp_path / "garbled.pkl"
+    garbled.write_bytes(b"not a pickle")
+    refused = run_cli_in_process(base + ["-Fa", garbled], monkeypatch, capsys)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert "given with -Fa" in lines[0] and "not an MMSA feature pickle" in lines[0]
