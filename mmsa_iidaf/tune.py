@@ -123,6 +123,10 @@ class Trainer:
         runs.check_feature_files(base)
         self.key = base.get("KeyEval", "Loss")
         self.direction = "minimize" if self.key == "Loss" else "maximize"
+        # What every trial shares (config, fixed settings, feature file): a study's trials
+        # score one setup only.
+        self.setup = (f"{runs.config_fingerprint(base)}:"
+                      f"{runs.file_sha256(runs.feature_files(base)[0])}")
 
     def preview(self, values: dict) -> dict:
         o = self.options
@@ -154,7 +158,8 @@ class Trainer:
             results = validated(model, loader, mode=mode, **kwargs)
             if mode == "VAL":
                 epoch += 1
-                trial.report(float(results["Loss"]), epoch)
+                # The value the study's direction is for: KeyEval, as the trial's final score.
+                trial.report(float(results[self.key]), epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}")
             return results
@@ -324,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{study.direction.name.lower()}s, but {options.model}'s "
                                   f"KeyEval {train.key} is to {train.direction}: use another "
                                   f"--study")
+            setup = study.user_attrs.get("setup")
+            if setup is None:
+                study.set_user_attr("setup", train.setup)
+            elif setup != train.setup:
+                raise ConfigError(f"study '{options.study}' in {options.storage} was made with "
+                                  f"another config, fixed settings or feature file: its trials "
+                                  f"would be reused for this one; use another --study")
             study.optimize(objective(train, space), n_trials=options.trials)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:

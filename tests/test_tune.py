@@ -104,6 +104,24 @@ def test_tune_user_errors_are_one_line_with_exit_2(tmp_path, tiny_mosi, capsys):
         "-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--space", bad)
 
 
+def test_a_study_scores_one_setup_only(tmp_path, tiny_mosi, capsys):
+    """The same study with another fixed setting (or feature file) would reuse trials scored on
+    another setup: refused in one line; the same setup resumes it."""
+    from mmsa_iidaf.tune import main
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": [0.001]}))
+    common = ["-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--space", space,
+              "--storage", f"sqlite:///{tmp_path / 'tune.db'}", "--study", "one",
+              "--best-config", tmp_path / "best.json"]
+    assert main([str(a) for a in common + ["--set", "early_stop=1"]]) == 0
+    assert main([str(a) for a in common + ["--set", "early_stop=1"]]) == 0
+    capsys.readouterr()
+    assert main([str(a) for a in common + ["--set", "early_stop=2"]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was made with another config" in err
+
+
 def test_grid_trains_every_combination_once_unpruned(tmp_path, tiny_mosi):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"learning_rate": [0.0005, 0.005],
