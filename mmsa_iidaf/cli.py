@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -41,9 +42,9 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
                              "scored on the validation split (TPE, pruning and several workers "
                              "on shared storage: python -m mmsa_iidaf.tune)")
     parser.add_argument("-tt", "--tune-times", type=int, default=50, help="tuning trials")
-    parser.add_argument("-s", "--seeds", action="append", type=int, default=[],
+    parser.add_argument("-s", "--seeds", action="append", type=seed_number, default=[],
                         help="random seed; repeat for several (default 1111..1115)")
-    parser.add_argument("-n", "--num-workers", type=int, default=0,
+    parser.add_argument("-n", "--num-workers", type=worker_count, default=0,
                         help="data-loading workers (default 0: load in the main process)")
     parser.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
                         help="0 errors, 1 info, 2 debug")
@@ -95,6 +96,31 @@ def build_parser(model_names: list[str], dataset_names: list[str]) -> argparse.A
     return parser
 
 
+PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
+def seed_number(text: str) -> int:
+    """A seed numpy and torch both take: a whole number in [0, 2**32 - 1]."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: give a whole number from 0 "
+                                         f"to {2**32 - 1}")
+    return seed
+
+
+def worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (load in the main process) or more")
+    return count
+
+
 def parse_setting(item: str) -> tuple[str, object]:
     key, separator, text = item.partition("=")
     if not separator or not key.strip():
@@ -102,7 +128,8 @@ def parse_setting(item: str) -> tuple[str, object]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        value = text
+        # Python's spellings read as JSON's: the text "False" would be a true value.
+        value = PYTHON_LITERALS.get(text.strip(), text)
     return key.strip(), value
 
 
@@ -146,6 +173,21 @@ def _demo_feature(options, configs: dict) -> str:
     return feature
 
 
+def check_output_folders(options) -> None:
+    """The run's three folders can be made (MMSA makes them, and a file in the way is a
+    traceback there); nothing is created here."""
+    for flag, folder in (("--res-save-dir", options.res_save_dir),
+                         ("--model-save-dir", options.model_save_dir),
+                         ("--log-dir", options.log_dir)):
+        path = Path(folder).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"{flag} {folder}: {existing} is a file, not a folder: give a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {folder}: {existing} cannot be written to: give a folder "
+                            f"you can write in")
+
+
 def _executor(options):
     from .experiments.executors import make_executor
 
@@ -176,7 +218,7 @@ def _seeds_to_train(options, overrides: dict, feature: str | None) -> list[int]:
     """The seeds of a one-model run whose rows are not yet in its seeds file with the same
     config and feature file: rerunning a command resumes it, as a comparison does."""
     from . import registry
-    from .experiments.compare import finished, plan
+    from .experiments.compare import check_feature_file_matches, finished, plan
     from .runs import seeds_csv
 
     model = options.model[0]
@@ -185,6 +227,9 @@ def _seeds_to_train(options, overrides: dict, feature: str | None) -> list[int]:
                     model_configs=overrides, res_save_dir=options.res_save_dir,
                     custom_feature=feature, feature_T=options.feature_T,
                     feature_A=options.feature_A, feature_V=options.feature_V)
+    # One feature file per seeds file, as in a comparison: another file's run would rewrite this
+    # file's seeds' checkpoints and predictions.
+    check_feature_file_matches([entry], options.dataset, options.res_save_dir)
     done = set(finished(entry, options.dataset, options.res_save_dir, seeds)["seed"])
     if done:
         print(f"{model}: seed(s) {', '.join(str(s) for s in seeds if s in done)} already in "
@@ -201,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     options = build_parser(registry.model_names(), registry.dataset_names()).parse_args(argv)
     options.model = list(dict.fromkeys(options.model or ["lf_dnn"]))
     try:
+        check_output_folders(options)
         per_model = {model: _config_overrides(options, model, registry)
                      for model in options.model}
         feature = options.feature

@@ -254,11 +254,18 @@ def _deep_merge(base: dict, override: dict) -> dict:
 def _read_json(path: Path) -> dict:
     try:
         with open(path) as f:
-            return json.load(f)
+            config = json.load(f)
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"config file {path} is not valid JSON ({error}): fix or remove it"
         ) from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read ({error.strerror or error}): "
+                          f"check the path given with -c") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {path} holds a JSON {type(config).__name__}, not an "
+                          f"object of model sections: see MMSA's config_regression.json")
+    return config
 
 
 def mmsa_config_file(kind: str) -> Path:
@@ -310,6 +317,13 @@ def _config_with(getter: Callable, kind: str) -> Callable:
             )
         if dataset_name not in merged["datasetCommonParams"]:
             raise ConfigError(f"no datasetCommonParams entry for '{dataset_name}' in the config")
+        section = merged[model_name]
+        per_dataset = section.get("datasetParams") if isinstance(section, dict) else None
+        if per_dataset is not None and dataset_name not in per_dataset:
+            raise ConfigError(
+                f"{model_name} has no settings for {dataset_name} in the config (its datasets: "
+                f"{', '.join(per_dataset) or 'none'}): use one of those, or add a "
+                f"datasetParams entry for {dataset_name} with -c")
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(merged, f)
         try:

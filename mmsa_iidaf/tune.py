@@ -30,6 +30,7 @@ from pathlib import Path
 from easydict import EasyDict
 
 from . import registry, runs
+from .cli import seed_number, worker_count
 from .errors import ConfigError, UserError
 
 DEFAULT_STORAGE = "sqlite:///tune.db"
@@ -283,12 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search space file (default: debugParams of config_tune.json)")
     parser.add_argument("--best-config", default=None, type=Path,
                         help="where to write the best trial's config (default STUDY-best.json)")
-    parser.add_argument("-s", "--seed", type=int, default=1111, help="training seed of trials")
+    parser.add_argument("-s", "--seed", type=seed_number, default=1111,
+                        help="training seed of trials")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fixed override for every trial, as for run.py")
     parser.add_argument("--modalities", default=None)
     parser.add_argument("-g", "--gpu-ids", action="append", type=int, default=[])
-    parser.add_argument("-n", "--num-workers", type=int, default=0)
+    parser.add_argument("-n", "--num-workers", type=worker_count, default=0)
     parser.add_argument("--sampler-seed", type=int, default=None,
                         help="TPE's seed (default: none, so workers propose different trials)")
     return parser

@@ -339,3 +339,46 @@ def test_a_per_modality_file_counts_in_the_resume_and_a_garbled_one_is_one_line(
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
     assert "given with -Fa" in lines[0] and "not an MMSA feature pickle" in lines[0]
+
+
+@pytest.mark.parametrize("case", ["missing -c", "list -c", "no section", "folder is a file",
+                                  "garbled seeds file", "seed out of range", "another file"])
+def test_bad_input_is_one_line_with_exit_2_and_keeps_what_was_written(
+        case, features, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "afile").write_text("")
+    kept = results / "lf_dnn-mosi-seeds.csv"
+    if case == "garbled seeds file":
+        kept.write_text("")
+    if case == "another file":
+        pd.DataFrame({"seed": [1], "feature_sha256": ["f" * 64],
+                      "config_sha256": ["0" * 64]}).to_csv(kept, index=False)
+    argv = {"missing -c": ["-c", tmp_path / "nope.json"],
+            "list -c": ["-c", tmp_path / "list.json"],
+            "no section": ["-m", "mlf_dnn"],
+            "folder is a file": ["--log-dir", tmp_path / "afile" / "logs"],
+            "garbled seeds file": [],
+            "seed out of range": ["-s", "-1"],
+            "another file": []}[case]
+    model = [] if "-m" in argv else ["-m", "lf_dnn"]
+    before = kept.read_bytes() if kept.exists() else None
+    refused = run_cli_in_process(
+        model + ["-d", "mosi", "-f", features, "-s", "1", "--res-save-dir", results,
+                 "--model-save-dir", tmp_path / "models", "--log-dir", tmp_path / "logs"] + argv,
+        monkeypatch, capsys)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    assert (kept.read_bytes() if kept.exists() else None) == before
+    assert not (tmp_path / "models").exists()
+
+
+def test_python_spellings_of_true_false_and_none_read_as_json_values():
+    from mmsa_iidaf.cli import parse_setting
+
+    assert parse_setting("use_mic=False") == ("use_mic", False)
+    assert parse_setting("use_mic=True") == ("use_mic", True)
+    assert parse_setting("attention_dropout=None") == ("attention_dropout", None)
+    assert parse_setting("pooling=mean") == ("pooling", "mean")

@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import compat, registry, runs
-from ..errors import FeatureFileError, UnknownNameError
+from ..errors import FeatureFileError, UnknownNameError, UserError
 from . import ablations, executors, statistics
 
 # robustness.KINDS, named here so that a comparison without --robustness does not import
@@ -106,7 +106,14 @@ def plan(models, dataset, *, ablation=None, config_file=None, config=None, model
 def seeds_rows(entry: Entry, dataset: str, res_save_dir) -> pd.DataFrame:
     """The entry's seeds file; rows written before config fingerprints existed match none."""
     path = runs.seeds_csv(res_save_dir, entry.name, dataset)
-    rows = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["seed"])
+    try:
+        rows = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["seed"])
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} cannot be read as a seeds file ({type(error).__name__}): move "
+                        f"it away, or use another --res-save-dir") from None
+    if "seed" not in rows:
+        raise UserError(f"{path} has no 'seed' column, so it is no seeds file of this plugin: "
+                        f"move it away, or use another --res-save-dir")
     for column in ("feature_sha256", "config_sha256"):
         if column not in rows:
             rows[column] = ""
