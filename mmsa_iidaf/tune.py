@@ -64,13 +64,25 @@ def read_space(path: Path) -> dict:
         space = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"--space {path}: {error}") from None
+    if not isinstance(space, dict):
+        raise ConfigError(f"--space {path}: holds a JSON {type(space).__name__}; write an object "
+                          f"{{\"name\": [values], ...}}")
     if "d_paras" in space:
+        missing = [name for name in space["d_paras"] if name not in space]
+        if missing:
+            raise ConfigError(f"--space {path}: d_paras names {', '.join(missing)}, which the "
+                              f"file does not list: add their values or drop them from d_paras")
         space = {name: space[name] for name in space["d_paras"]}
     for name, values in space.items():
         ranged = isinstance(values, dict) and {"low", "high"} <= set(values)
         if not ranged and not (isinstance(values, list) and values):
             raise ConfigError(f"--space {path}: '{name}' must be a non-empty list of values or "
                               f"{{\"low\": ..., \"high\": ...}}")
+        if ranged and not (isinstance(values["low"], (int, float))
+                           and isinstance(values["high"], (int, float))
+                           and values["low"] <= values["high"]):
+            raise ConfigError(f"--space {path}: '{name}' needs numbers low <= high, got "
+                              f"{values['low']!r} and {values['high']!r}")
     return space
 
 
@@ -320,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             sampler = optuna.samplers.TPESampler(seed=options.sampler_seed)
             pruner = optuna.pruners.MedianPruner()
         options.study = options.study or f"{options.model}-{options.dataset}"
+        best_path = options.best_config or Path(f"{options.study}-best.json")
+        if not best_path.absolute().parent.is_dir():  # found out after the trials, else
+            raise ConfigError(f"--best-config {best_path}: its folder does not exist; make it "
+                              f"or give another path")
         with tempfile.TemporaryDirectory(prefix="mmsa-iidaf-tune-") as scratch:
             options.scratch = scratch
             train = Trainer(options, overrides, options.feature)
@@ -344,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no trial of study '{options.study}' has finished yet", file=sys.stderr)
             return 1
         config = best_config(study, options, overrides)
-        path = options.best_config or Path(f"{options.study}-best.json")
+        path = best_path
         path.write_text(json.dumps(config, indent=2) + "\n")
         best = study.best_trial
         print(f"best of {len(complete)} finished trial(s) in study '{options.study}': trial "

@@ -102,6 +102,16 @@ def test_tune_user_errors_are_one_line_with_exit_2(tmp_path, tiny_mosi, capsys):
     bad.write_text('{"learning_rate": []}')
     assert "'learning_rate' must be a non-empty list" in error_of(
         "-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--space", bad)
+    for text, message in (("[1, 2]", "holds a JSON list"),
+                          ('{"d_paras": ["dropout"]}', "d_paras names dropout"),
+                          ('{"learning_rate": {"low": 1, "high": 0}}', "needs numbers low <= high")):
+        bad.write_text(text)
+        assert message in error_of("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1,
+                                   "--space", bad)
+    bad.write_text('{"learning_rate": [0.001]}')
+    assert "its folder does not exist" in error_of(
+        "-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--space", bad,
+        "--best-config", tmp_path / "nowhere" / "best.json")
 
 
 def test_a_study_scores_one_setup_only(tmp_path, tiny_mosi, capsys):
