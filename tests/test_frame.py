@@ -382,3 +382,26 @@ def test_python_spellings_of_true_false_and_none_read_as_json_values():
     assert parse_setting("use_mic=True") == ("use_mic", True)
     assert parse_setting("attention_dropout=None") == ("attention_dropout", None)
     assert parse_setting("pooling=mean") == ("pooling", "mean")
+
+
+@pytest.mark.parametrize("dataset", ["sims", "ur_funny"])
+def test_demo_data_of_a_dataset_without_shapes_of_its_own_has_its_labels(dataset, tmp_path,
+                                                                         monkeypatch):
+    """--demo on SIMS (run.py's default dataset) and UR-FUNNY: MOSI's synthetic clips with the
+    dataset's labels, which its feature check accepts."""
+    import numpy as np
+
+    from mmsa_iidaf import registry
+    from mmsa_iidaf.data.validate import load_and_validate
+    from mmsa_iidaf.demo import demo_feature_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = demo_feature_file(dataset, aligned=False)
+    data, _ = load_and_validate(path, use_bert=False, label_range=registry.label_range(dataset),
+                                whole_labels=registry.dataset_task(dataset) == "classification")
+    labels = np.concatenate([split["regression_labels"] for split in data.values()])
+    if dataset == "sims":
+        assert labels.min() >= -1 and labels.max() <= 1 and labels.std() > 0.1
+        assert all(f"regression_labels_{m}" in data["train"] for m in "TAV")
+    else:
+        assert set(np.unique(labels)) == {0.0, 1.0}

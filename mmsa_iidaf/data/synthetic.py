@@ -336,14 +336,17 @@ def make_dataset(preset: str = "mosi", aligned: bool = False, *, n_train: int = 
     }
 
 
-def write_dataset(path, **kwargs) -> Path:
+def write_dataset(path, relabel=None, **kwargs) -> Path:
     """Write ``make_dataset(**kwargs)`` to `path` as a pickle, atomically; return the path.
+    `relabel(data)`: changes the labels in place first (another dataset's label scale).
 
     The file appears complete or not at all: it is written beside the target and renamed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = make_dataset(**kwargs)
+    if relabel is not None:
+        relabel(data)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
