@@ -104,7 +104,8 @@ def test_tune_user_errors_are_one_line_with_exit_2(tmp_path, tiny_mosi, capsys):
         "-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1, "--space", bad)
     for text, message in (("[1, 2]", "holds a JSON list"),
                           ('{"d_paras": ["dropout"]}', "d_paras names dropout"),
-                          ('{"learning_rate": {"low": 1, "high": 0}}', "needs numbers low <= high")):
+                          ('{"learning_rate": {"low": 1, "high": 0}}',
+                           "needs numbers low <= high")):
         bad.write_text(text)
         assert message in error_of("-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "--trials", 1,
                                    "--space", bad)

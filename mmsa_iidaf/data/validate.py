@@ -368,8 +368,8 @@ def load_and_validate(path, **kwargs) -> tuple[dict, dict]:
     """Load the MMSA feature pickle at `path` and validate it; return ``(data, info)``.
 
     kwargs are those of ``validate_features`` (use_bert, modalities, expected_dims, label_range,
-    need_lengths, min_length, whole_labels). A missing, unreadable or non-pickle file, or one that does not hold
-    a dict, raises FeatureFileError with one line.
+    need_lengths, min_length, whole_labels). A missing, unreadable or non-pickle file, or one
+    that does not hold a dict, raises FeatureFileError with one line.
     """
     path = Path(path)
     problem = _Problem(str(path))
