@@ -164,7 +164,7 @@ def _on_gpu(results: dict) -> bool:
 
 def markdown(results: dict, command: str) -> str:
     on_gpu = _on_gpu(results)
-    lines = [f"# Training cost against data size and sequence length", "",
+    lines = ["# Training cost against data size and sequence length", "",
              f"`{command}`", "",
              f"Device: {results['device']}, {results['threads']} threads, torch "
              f"{results['torch']}. One real epoch per point, in a fresh process "
