@@ -136,3 +136,20 @@ def test_ray_flags_are_checked_before_any_training(tmp_path, tiny_mosi, monkeypa
                               "--executor", "ray", "--cpus-per-run", "0",
                               *folder_flags(tmp_path)], monkeypatch, capsys)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--cpus-per-run 0" in bad.stderr
+
+
+def test_an_address_where_nothing_answers_is_one_line_not_minutes_of_retries(
+        tmp_path, fast_config, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused = run_cli_in_process(["-m", "lf_dnn", "-m", "tfn", "-d", "mosi", "--demo", "-c",
+                                  fast_config, "-s", "1", "-v", "0",
+                                  *folder_flags(tmp_path / "ray"), "--executor", "ray",
+                                  "--ray-address", f"127.0.0.1:{port}"], monkeypatch, capsys)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()
+             and not line.startswith("demo:")]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert f"--ray-address 127.0.0.1:{port}: nothing answers there" in lines[0]

@@ -180,6 +180,22 @@ def train_one_run(request: RunRequest) -> RunResult:
                          checkpoint_name, checkpoint, checkpoint_uri, socket.gethostname())
 
 
+def check_reachable(address: str | None) -> None:
+    """ConfigError in one line when nothing answers at a `host:port` (or `ray://host:port`)
+    address: Ray itself retries such an address for minutes without a word."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray's own parsing says what is wrong
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise ConfigError(f"--ray-address {address}: nothing answers there "
+                          f"({error.strerror or error}): start the cluster (ray start --head) "
+                          f"or give its address") from None
+
+
 class RayExecutor:
     """Each (entry, seed) one Ray task reserving `gpus_per_run` GPUs (None: 1 when the cluster
     has GPUs, else 0) and `cpus_per_run` CPUs; torch in the task uses that many threads."""
@@ -192,6 +208,7 @@ class RayExecutor:
         self.storage = storage
         if cpus_per_run < 1:
             raise ConfigError(f"--cpus-per-run {cpus_per_run}: give at least 1")
+        check_reachable(address)
         if gpus_per_run is not None and gpus_per_run < 0:
             raise ConfigError(f"--gpus-per-run {gpus_per_run}: give 0 or more")
         if storage:
