@@ -3,6 +3,8 @@ weights; training itself steps the live weights unchanged; bad values stop a run
 starts."""
 from __future__ import annotations
 
+import math
+
 import MMSA
 import pytest
 import torch
@@ -49,18 +51,21 @@ def feature_file(tmp_path_factory):
 
 def test_the_checkpoint_holds_the_averaged_weights_and_training_is_unchanged(feature_file,
                                                                              tmp_path):
-    def trained(decay: float):
+    def trained(decay: float, never_improves: bool = False):
         args = EasyDict(registry.config_for("iidaf", "mosi"))
         args.update({**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1, "ema_decay": decay,
                      "model_name": "iidaf", "dataset_name": "mosi",
                      "custom_feature": str(feature_file), "feature_T": None, "feature_A": None,
                      "feature_V": None, "device": torch.device("cpu"), "seed": 1, "cur_seed": 1,
-                     "train_mode": "regression", "model_save_path": str(tmp_path / f"{decay}.pth")})
+                     "train_mode": "regression", "model_save_path": str(tmp_path / f"{decay}-{never_improves}.pth")})
         runs.prepare_args(args)
         torch.manual_seed(1)
         loaders = registry.build_dataloaders(args)
         model = registry.build_model(args)
         trainer = registry.build_trainer(args)
+        if never_improves:  # a validation metric that is NaN throughout saves no epoch
+            validate = trainer.validate
+            trainer.validate = lambda *a, **k: {**validate(*a, **k), "Loss": math.nan}
         torch.manual_seed(2)
         trainer.do_train(model, loaders)
         return model, trainer, torch.load(args.model_save_path)
@@ -78,6 +83,12 @@ def test_the_checkpoint_holds_the_averaged_weights_and_training_is_unchanged(fea
         torch.testing.assert_close(checkpoint[name], mean, atol=0, rtol=0, msg=name)
     assert not torch.equal(checkpoint[name], state[name])
     assert trainer.average.steps == 3  # 48 clips in batches of 16
+
+    # Validation never improved: the checkpoint still holds the average, not the last weights.
+    model, trainer, checkpoint = trained(0.5, never_improves=True)
+    named = {id(p): name for name, p in model.named_parameters()}
+    for parameter, mean in zip(trainer.average.parameters, trainer.average.average):
+        torch.testing.assert_close(checkpoint[named[id(parameter)]], mean, atol=0, rtol=0)
 
 
 def test_ema_decay_is_checked_before_any_folder(feature_file, tmp_path):

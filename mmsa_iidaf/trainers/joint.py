@@ -215,6 +215,13 @@ class JointTrainer:
                     epoch_results["valid"].append(valid_results)
                 if epoch - best_epoch >= args.early_stop:
                     break
+        if not best_epoch and self.average is not None:
+            # Validation never improved (a metric that is NaN throughout): the model tested is
+            # still the average, not the last step's weights.
+            logger.warning(f"seed {args.seed}: the validation {args.KeyEval} never improved; "
+                           f"the checkpoint holds the weights' average after the last epoch")
+            with self.average.swapped_in():
+                torch.save(model.state_dict(), args.model_save_path)
         return epoch_results if return_epoch_results else None
 
     @contextlib.contextmanager
