@@ -57,7 +57,8 @@ def test_the_checkpoint_holds_the_averaged_weights_and_training_is_unchanged(fea
                      "model_name": "iidaf", "dataset_name": "mosi",
                      "custom_feature": str(feature_file), "feature_T": None, "feature_A": None,
                      "feature_V": None, "device": torch.device("cpu"), "seed": 1, "cur_seed": 1,
-                     "train_mode": "regression", "model_save_path": str(tmp_path / f"{decay}-{never_improves}.pth")})
+                     "train_mode": "regression",
+                     "model_save_path": str(tmp_path / f"{decay}-{never_improves}.pth")})
         runs.prepare_args(args)
         torch.manual_seed(1)
         loaders = registry.build_dataloaders(args)
