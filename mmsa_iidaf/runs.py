@@ -80,40 +80,40 @@ def feature_files(args) -> list[Path]:
 
 def check_feature_files(args) -> None:
     """Every problem of the feature files that would stop or spoil training, before it starts."""
-    overrides = {args.get(key): flag for key, flag in
-                 (("feature_T", "-Ft"), ("feature_A", "-Fa"), ("feature_V", "-Fv"))}
-    for path in feature_files(args):
-        if str(path) in overrides and not path.is_file():
-            raise FeatureFileError(f"feature file not found: {path} (given with "
-                                   f"{overrides[str(path)]}): check the path")
-        if not path.is_file():
-            default = Path(args["featurePath"])
-            raise FeatureFileError(
-                f"feature file not found: {path} (MMSA's default for {args['dataset_name']} is "
-                f"{default}, set by datasetCommonParams in the config): pass your feature pickle "
-                f"with -f PATH (MMSA_run(custom_feature=PATH)), or try --demo"
-            )
+    main, *overrides = feature_files(args)
+    if not main.is_file():
+        default = Path(args["featurePath"])
+        raise FeatureFileError(
+            f"feature file not found: {main} (MMSA's default for {args['dataset_name']} is "
+            f"{default}, set by datasetCommonParams in the config): pass your feature pickle "
+            f"with -f PATH (MMSA_run(custom_feature=PATH)), or try --demo"
+        )
     # The official file of a dataset must have the config's widths; a custom file sets its own.
     official = not args.get("custom_feature")
     load_and_validate(
-        feature_files(args)[0],
+        main,
         use_bert=uses_bert(args),
         expected_dims=list(args["feature_dims"]) if official else None,
         label_range=registry.label_range(args["dataset_name"]),
         need_lengths=not args.get("need_data_aligned"),
         whole_labels=registry.dataset_task(args["dataset_name"]) == "classification",
     )
-    for path in feature_files(args)[1:]:
+    # feature_files' order after the whole file: the per-modality files given.
+    flags = [flag for key, flag in (("feature_T", "-Ft"), ("feature_A", "-Fa"),
+                                    ("feature_V", "-Fv")) if args.get(key)]
+    for path, flag in zip(overrides, flags):
         try:
             with open(path, "rb") as handle:
                 readable = isinstance(pickle.load(handle), dict)
+        except FileNotFoundError:
+            raise FeatureFileError(f"feature file not found: {path} (given with {flag}): check "
+                                   f"the path") from None
         except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
                 ImportError, IndexError, KeyError):
             readable = False
         if not readable:
-            raise FeatureFileError(f"{path} (given with {overrides[str(path)]}) is not an MMSA "
-                                   f"feature pickle (a dict of splits): give the modality's "
-                                   f"feature file")
+            raise FeatureFileError(f"{path} (given with {flag}) is not an MMSA feature pickle "
+                                   f"(a dict of splits): give the modality's feature file")
 
 
 def file_sha256(path: Path) -> str:

@@ -333,12 +333,14 @@ def test_a_per_modality_file_counts_in_the_resume_and_a_garbled_one_is_one_line(
     assert other_audio.returncode == 0 and "already in" not in other_audio.stdout
     assert len(pd.read_csv(tmp_path / "results" / "lf_dnn-mosi-seeds.csv")) == 2
 
-    garbled = tmp_path / "garbled.pkl"
-    garbled.write_bytes(b"not a pickle")
-    refused = run_cli_in_process(base + ["-Fa", garbled], monkeypatch, capsys)
-    lines = [line for line in refused.stderr.splitlines() if line.strip()]
-    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
-    assert "given with -Fa" in lines[0] and "not an MMSA feature pickle" in lines[0]
+    (tmp_path / "garbled.pkl").write_bytes(b"not a pickle")
+    # Paths as typed, not as pathlib writes them back.
+    for given, message in ((f"{tmp_path}//garbled.pkl", "not an MMSA feature pickle"),
+                           (f"{tmp_path}/./missing.pkl", "feature file not found")):
+        refused = run_cli_in_process(base + ["-Fa", given], monkeypatch, capsys)
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+        assert "given with -Fa" in lines[0] and message in lines[0]
 
 
 @pytest.mark.parametrize("case", ["missing -c", "list -c", "no section", "folder is a file",

@@ -120,10 +120,11 @@ def load_run(config: dict, checkpoint: Path, feature_file: Path | None = None,
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint not found: {checkpoint}")
-    if expected_sha256 and file_sha256(checkpoint) != expected_sha256:
+    found = file_sha256(checkpoint) if expected_sha256 else None
+    if found != expected_sha256:
         raise CheckpointMismatch(
             f"checkpoint {checkpoint} is not the one its seeds row recorded (sha256 "
-            f"{file_sha256(checkpoint)[:12]}…, not {expected_sha256[:12]}…): a later run of the "
+            f"{found[:12]}…, not {expected_sha256[:12]}…): a later run of the "
             f"same name, dataset and seed wrote it; train that seed again, and give each results "
             f"folder its own --model-save-dir")
     args = EasyDict(dict(config))

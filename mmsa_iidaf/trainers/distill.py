@@ -188,24 +188,22 @@ def teacher_seed_rows(args) -> list[pd.Series]:
     return chosen
 
 
-def check_student_checkpoints(args, model_save_dir) -> list[pd.Series]:
-    """`teacher_seed_rows(args)`, and ConfigError (before any training) where the student's
+def check_student_checkpoints(args, model_save_dir) -> None:
+    """`teacher_seed_rows(args)`'s checks, and ConfigError (before any training) where the student's
     checkpoint of `args['seed']` is a file its teacher reads: a seed's run replaces its
     checkpoint once tested, so a student sharing the teacher's --model-save-dir (run.py's
     default for both) would overwrite a teacher checkpoint its later seeds still read."""
     from .. import compat
     from ..analysis.checkpoint import row_checkpoint
 
-    rows = teacher_seed_rows(args)
     student = compat.checkpoint_path({**args, "model_save_path": Path(model_save_dir) / "_"})
     student = student.expanduser().resolve()
-    for row in rows:
+    for row in teacher_seed_rows(args):
         if row_checkpoint(row).expanduser().resolve() == student:
             raise ConfigError(
                 f"this run's checkpoint {student} is the file of the teacher's seed {row['seed']} "
                 f"in {args['distill_from']}: the student would overwrite it; give "
                 f"the student its own --model-save-dir")
-    return rows
 
 
 class TeacherStates(NamedTuple):
