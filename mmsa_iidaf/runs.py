@@ -30,6 +30,7 @@ from .errors import ConfigError, FeatureFileError, config_number
 from .text_encoders import encoder_width, resolve_pretrained
 from .trainers.averaging import ema_decay
 from .trainers.distill import check_distill_init, check_student_checkpoints
+from .trainers.joint import clip_scope
 
 DEFAULT_HOME = Path.home() / "MMSA"
 MODALITIES = "tav"
@@ -294,7 +295,8 @@ def config_fingerprint(preview) -> str:
 
 
 # Keys only this plugin's trainer reads: what MMSA's trainers would silently ignore.
-PLUGIN_TRAINER_KEYS = {"distill_from": "reads no teacher", "ema_decay": "averages no weights"}
+PLUGIN_TRAINER_KEYS = {"distill_from": "reads no teacher", "ema_decay": "averages no weights",
+                       "grad_clip_scope": "has no clipping scope"}
 
 
 # Counts MMSA's trainers loop over: a text or a number below 1 fails mid-run with a traceback.
@@ -337,6 +339,7 @@ def check_before_training(model_name: str, preview: dict, is_tune: bool = False)
             raise ConfigError(f"{model_name}'s config has a value of the wrong kind ({error}): "
                               f"fix it in --set or the config file") from None
         ema_decay(preview)
+        clip_scope(preview)
     check_feature_files(preview)
     if uses_bert(preview):
         resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))
