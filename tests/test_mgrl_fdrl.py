@@ -3,6 +3,7 @@ should be, the switches, each loss reaching what it constrains, batch independen
 planted signal learned on the CPU through run.py."""
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -92,17 +93,35 @@ def test_mgrl_switches_build_what_they_name():
         MGRL(peer_args("mgrl", margin=1.5))
 
 
+class FirstColumnsAsLogits(torch.nn.Module):
+    """A critic whose logits over the modalities are a feature's first columns."""
+
+    def forward(self, features):
+        return features[:, :3]
+
+
 def test_mgrl_margins_follow_the_contributions():
+    # Every specific feature is placed in its modality 0.3 above its shared feature (which the
+    # critic reads as uniform): only samples whose margin 0.3 · M · w_m,i exceeds 0.3 pay.
     model = MGRL(peer_args("mgrl", margin=0.3))
-    outputs = model(*peer_inputs(8))
+    model.critic = FirstColumnsAsLogits()
+    batch, count = 4, 3
+    lead = math.log(2 * (1 / 3 + 0.3) / (1 - (1 / 3 + 0.3)))  # softmax gives 1/3 + 0.3
+    contribution = torch.tensor([[0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.2, 0.2, 0.6],
+                                 [1 / 3, 1 / 3, 1 / 3]])
+    outputs = {"contribution": contribution,
+               "shared": {m: torch.zeros(batch, 8) for m in model.modalities},
+               "specific": {m: torch.zeros(batch, 8).index_fill(1, torch.tensor([i]), lead)
+                            for i, m in enumerate(model.modalities)}}
+    paid = torch.relu(0.3 * count * contribution - 0.3)  # (B, M): 0.24 where w = 0.6, else 0
     objective = MGRLObjective(peer_args("mgrl", margin=0.3))
-    # A critic that places nothing: each sample pays its own margin, 0.3 · M · w_m,i.
-    for layer in model.critic:
-        if isinstance(layer, torch.nn.Linear):
-            torch.nn.init.zeros_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
-    expected = (0.3 * 3 * outputs["contribution"].detach()).clamp(max=1).mean(0).mean()
-    assert objective.margins(model, outputs).item() == pytest.approx(expected.item(), abs=1e-5)
+    assert objective.margins(model, outputs).item() == pytest.approx(paid.mean().item(), abs=1e-5)
+    assert paid.mean().item() == pytest.approx(0.06)  # a constant margin of 0.3 would give 0
+    # Each hinge acts on its own sample: the gradient reaches the specific features only where
+    # that sample's contribution, and so its margin, is above the placement.
+    specific = outputs["specific"]["t"].requires_grad_()
+    objective.margins(model, outputs).backward()
+    assert specific.grad[:, 0].nonzero().flatten().tolist() == [0]
 
 
 def test_mgrl_contribution_target_favours_the_better_modality():
