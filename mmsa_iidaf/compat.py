@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import os
 import sys
 import textwrap
@@ -377,6 +378,23 @@ def test_with_predictions(trainer, model, loader) -> tuple[dict, dict]:
                      "y_pred": pred[:, 0] if pred.shape[1] == 1 else pred}
 
 
+def check_finite_test(args, results: dict, training: Path) -> None:
+    """TrainingDiverged, in one line, when the test loss is not finite. The plugin's trainer
+    stops at the first non-finite loss; MMSA's own trainers go on and would record the NaN
+    metrics as the seed's result and its NaN weights as the seed's checkpoint (not an MMSA defect
+    to patch upstream: MMSA has no rule for a diverged run; this is the plugin's, which README
+    states for every model). Raised before the checkpoint is replaced or the row written."""
+    loss = results.get("Loss")
+    if loss is None or math.isfinite(loss):
+        return
+    kept = (f"its last saved checkpoint {training} is kept" if training.exists()
+            else "no checkpoint was saved")
+    raise TrainingDiverged(
+        f"seed {args['seed']}: {args['model_name']}'s test loss is {loss} (its training "
+        f"diverged); the seed's result is not recorded and {kept}: lower learning_rate"
+    )
+
+
 def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
     import MMSA.run as mmsa_run
 
@@ -420,6 +438,7 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
             results = trainer.do_test(model, dataloader[TUNE_SPLIT], mode=TUNE_SPLIT.upper())
         else:
             results, predictions = test_with_predictions(trainer, model, dataloader["test"])
+            check_finite_test(args, results, training)
         if not is_tune:
             if not training.exists():  # the checkpoint is the model that was tested
                 torch.save(model.state_dict(), training)

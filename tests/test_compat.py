@@ -396,6 +396,29 @@ def test_ckpt_a_failing_run_or_a_tuning_trial_leaves_a_finished_seeds_checkpoint
     assert sorted(path.name for path in dirs["model_save_dir"].iterdir()) == [checkpoint.name]
 
 
+def test_a_diverged_mmsa_baseline_stops_in_one_error_and_keeps_the_finished_seed(
+        tiny_mosi, run_dirs):
+    """MMSA's own trainers go on through a NaN loss; the plugin stops the seed after its test,
+    before its NaN row or weights replace what the seed had: one TrainingDiverged line."""
+    from mmsa_iidaf.errors import TrainingDiverged
+    from mmsa_iidaf.runs import file_sha256, seeds_csv
+
+    dirs = run_dirs("diverged")
+    mmsa_run("lf_dnn", "mosi", tiny_mosi, dirs)
+    checkpoint = dirs["model_save_dir"] / "lf_dnn-mosi-seed1.pth"
+    finished = file_sha256(checkpoint)
+    with pytest.raises(TrainingDiverged) as raised:
+        MMSA.MMSA_run("lf_dnn", "mosi", custom_feature=str(tiny_mosi), seeds=[1],
+                      config={"early_stop": 1, **SMALL_LF_DNN, "learning_rate": 1e30}, **dirs)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("seed 1: lf_dnn's test loss is nan")
+    assert "lower learning_rate" in message
+    assert file_sha256(checkpoint) == finished
+    assert sorted(path.name for path in dirs["model_save_dir"].iterdir()) == [checkpoint.name]
+    rows = pd.read_csv(seeds_csv(dirs["res_save_dir"], "lf_dnn", "mosi"))
+    assert len(rows) == 1 and rows["MAE"].notna().all()
+
+
 def test_tune_trials_are_scored_on_valid(tiny_mosi, run_dirs, monkeypatch):
     from MMSA.trains.singleTask.LF_DNN import LF_DNN
 
