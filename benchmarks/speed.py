@@ -490,7 +490,7 @@ def check_device(device: str) -> None:
 
 def parse(argv: list[str] | None):
     parser = argparse.ArgumentParser(prog="python benchmarks/speed.py",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated model names (default {','.join(DEFAULT_MODELS)}); "
                              f"NAME[KEY=VALUE;...] measures NAME with those settings as a row of "

@@ -3,7 +3,7 @@
     python -m mmsa_iidaf.tune -m iidaf -d mosi -f FILE --trials 20 \\
         --storage sqlite:///tune.db --study iidaf-mosi [--space FILE] [--best-config FILE]
 
-TPE sampler and a median pruner fed every epoch's validation loss; or, with `--grid`, every
+TPE sampler and a median pruner fed every epoch's validation `KeyEval`; or, with `--grid`, every
 combination of a list-valued space, each trained to its end (a grid compares its points, so none is
 pruned on another's early epochs). The search space is the model's
 `debugParams` in `configs/config_tune.json` (MMSA's tuning config: `d_paras` names the
