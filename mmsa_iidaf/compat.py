@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 import os
 import sys
 import textwrap
@@ -329,11 +328,13 @@ def _b9():
 #       run whose validation metric never improves silently tests a stale model.
 # TUNE: tuning mode scores every trial on the test split.
 # The fixed run is `run_one_seed`; `wiring` passes the plugin's hooks (argument preparation
-# and per-seed records) to it. "before" hooks get the args; "after" hooks get the args, the
-# results, whether it was a tuning trial, and the seed's run (model, dataloader, trainer, and
-# the test split's per-sample `predictions`, None in tuning mode).
+# and per-seed records) to it. "before" hooks get the args; "tested" hooks (normal runs only) get
+# the args, the test results and the training's partial checkpoint path before that file
+# replaces the seed's; "after" hooks get the args, the results, whether it was a tuning trial,
+# and the seed's run (model, dataloader, trainer, and the test split's per-sample
+# `predictions`, None in tuning mode).
 
-RUN_HOOKS: dict[str, list[Callable]] = {"before": [], "after": []}
+RUN_HOOKS: dict[str, list[Callable]] = {"before": [], "tested": [], "after": []}
 # The split that scores a tuning trial: MMSA's "test" until the TUNE fix makes it "valid".
 TUNE_SPLIT = "test"
 
@@ -376,23 +377,6 @@ def test_with_predictions(trainer, model, loader) -> tuple[dict, dict]:
     pred = pred.reshape(len(labels), -1)  # one column per output: (n, 1) or a classifier's (n, k)
     return results, {"id": np.asarray(loader.dataset.ids).astype(str), "y_true": labels,
                      "y_pred": pred[:, 0] if pred.shape[1] == 1 else pred}
-
-
-def check_finite_test(args, results: dict, training: Path) -> None:
-    """TrainingDiverged, in one line, when the test loss is not finite. The plugin's trainer
-    stops at the first non-finite loss; MMSA's own trainers go on and would record the NaN
-    metrics as the seed's result and its NaN weights as the seed's checkpoint (not an MMSA defect
-    to patch upstream: MMSA has no rule for a diverged run; this is the plugin's, which README
-    states for every model). Raised before the checkpoint is replaced or the row written."""
-    loss = results.get("Loss")
-    if loss is None or math.isfinite(loss):
-        return
-    kept = (f"its last saved checkpoint {training} is kept" if training.exists()
-            else "no checkpoint was saved")
-    raise TrainingDiverged(
-        f"seed {args['seed']}: {args['model_name']}'s test loss is {loss} (its training "
-        f"diverged); the seed's result is not recorded and {kept}: lower learning_rate"
-    )
 
 
 def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
@@ -438,7 +422,8 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
             results = trainer.do_test(model, dataloader[TUNE_SPLIT], mode=TUNE_SPLIT.upper())
         else:
             results, predictions = test_with_predictions(trainer, model, dataloader["test"])
-            check_finite_test(args, results, training)
+            for hook in RUN_HOOKS["tested"]:
+                hook(args, results, training)
         if not is_tune:
             if not training.exists():  # the checkpoint is the model that was tested
                 torch.save(model.state_dict(), training)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import pickle
 import warnings
@@ -26,7 +27,7 @@ import torch
 
 from . import compat, encoder_cache, registry
 from .data.validate import load_and_validate
-from .errors import ConfigError, FeatureFileError, config_number
+from .errors import ConfigError, FeatureFileError, TrainingDiverged, config_number
 from .text_encoders import encoder_width, resolve_pretrained
 from .trainers.averaging import ema_decay
 from .trainers.distill import check_distill_init, check_student_checkpoints
@@ -197,6 +198,23 @@ def validation_results(seed_run) -> dict:
     # again, while the checkpoint's choice is the one to score.
     results = seed_run.trainer.do_test(seed_run.model, seed_run.dataloader["valid"], mode="VAL")
     return {f"valid_{name}": _plain(value) for name, value in results.items()}
+
+
+def check_finite_test(args, results: dict, training: Path) -> None:
+    """A "tested" run hook: TrainingDiverged, in one line, when the test loss is not finite.
+    The plugin's trainer stops at the first non-finite loss; MMSA's own trainers go on and would
+    record the NaN metrics as the seed's result and its NaN weights as the seed's checkpoint.
+    Not an MMSA defect (MMSA has no rule for a diverged run) but the plugin's rule, for every
+    model; raised before the checkpoint is replaced or the row written."""
+    loss = results.get("Loss")
+    if loss is None or math.isfinite(loss):
+        return
+    kept = (f"its last saved checkpoint {training} is kept" if training.exists()
+            else "no checkpoint was saved")
+    raise TrainingDiverged(
+        f"seed {args['seed']}: {args['model_name']}'s test loss is {loss} (its training "
+        f"diverged); the seed's result is not recorded and {kept}: lower learning_rate"
+    )
 
 
 def record_seed(args, results, is_tune: bool, seed_run=None) -> None:

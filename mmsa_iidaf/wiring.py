@@ -41,6 +41,7 @@ def install() -> None:
     registry.open_mmsa()
     registry.DATA_HOOKS.extend([registry.select_modalities, cache_frozen_text])
     compat.RUN_HOOKS["before"].append(runs.prepare_args)
+    compat.RUN_HOOKS["tested"].append(runs.check_finite_test)
     compat.RUN_HOOKS["after"].extend([runs.record_seed, runs.write_predictions,
                                       runs.write_diagnostics])
 
