@@ -328,8 +328,8 @@ def _b9():
 #       run whose validation metric never improves silently tests a stale model.
 # TUNE: tuning mode scores every trial on the test split.
 # The fixed run is `run_one_seed`; `wiring` passes the plugin's hooks (argument preparation
-# and per-seed records) to it. "before" hooks get the args; "tested" hooks (normal runs only) get
-# the args, the test results and the training's partial checkpoint path before that file
+# and per-seed records) to it. "before" hooks get the args; "tested" hooks (not tuning trials)
+# get the args, the test results and the training's partial checkpoint path before that file
 # replaces the seed's; "after" hooks get the args, the results, whether it was a tuning trial,
 # and the seed's run (model, dataloader, trainer, and the test split's per-sample
 # `predictions`, None in tuning mode).
@@ -418,6 +418,8 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
                 for split in ("train", "valid", "test")
             }
             results = {"epoch_results": epoch_results, "final_results": final_results}
+            for hook in RUN_HOOKS["tested"]:
+                hook(args, final_results["test"], training)
         elif is_tune:
             results = trainer.do_test(model, dataloader[TUNE_SPLIT], mode=TUNE_SPLIT.upper())
         else:

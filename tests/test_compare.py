@@ -204,6 +204,37 @@ def test_a_failing_robustness_evaluation_is_one_line_and_keeps_the_others(
     assert np.isnan(table.loc["iidaf", "MAE_rauc_missing_all_mean"])
 
 
+def test_a_diverged_seed_costs_only_itself_and_the_table_is_written(workspace, monkeypatch,
+                                                                    capsys, mmsa_logger):
+    """iidaf's seed 3 diverges: its seed 4 and lf_dnn's seeds still train, the table is
+    written, one line names the failure, exit 1 (as a failed Ray task); rerunning retries it."""
+    from mmsa_iidaf import compat
+    from mmsa_iidaf.errors import TrainingDiverged
+
+    args = argv(workspace, "iidaf", "lf_dnn", seeds=(3, 4))
+    args[args.index("--res-save-dir") + 1] = str(workspace / "diverged")
+
+    def diverge_iidaf_seed_3(run_args, results, training):
+        if run_args["model_name"] == "iidaf" and run_args["seed"] == 3:
+            raise TrainingDiverged("seed 3: iidaf's test loss is nan (its training diverged)")
+
+    with monkeypatch.context() as patch:
+        patch.setitem(compat.RUN_HOOKS, "tested",
+                      [*compat.RUN_HOOKS["tested"], diverge_iidaf_seed_3])
+        assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: 1 run(s) failed")
+    assert "iidaf seed 3: seed 3: iidaf's test loss" in errors[0]
+    folder = workspace / "diverged"
+    assert pd.read_csv(folder / "iidaf-mosi-seeds.csv")["seed"].tolist() == [4]
+    assert pd.read_csv(folder / "lf_dnn-mosi-seeds.csv")["seed"].tolist() == [3, 4]
+    assert pd.read_csv(folder / "compare-mosi.csv")["n_seeds"].tolist() == [1, 2]
+    assert cli.main(args) == 0
+    assert "3 of 4 (model, seed) runs already in" in capsys.readouterr().out
+
+
 def test_an_interrupted_grid_keeps_finished_seeds_and_resumes(workspace, monkeypatch, capsys,
                                                              mmsa_logger):
     from mmsa_iidaf.trainers.iidaf import IIDAFTrainer

@@ -396,10 +396,12 @@ def test_ckpt_a_failing_run_or_a_tuning_trial_leaves_a_finished_seeds_checkpoint
     assert sorted(path.name for path in dirs["model_save_dir"].iterdir()) == [checkpoint.name]
 
 
+@pytest.mark.parametrize("from_sena", [False, True])
 def test_a_diverged_mmsa_baseline_stops_in_one_error_and_keeps_the_finished_seed(
-        tiny_mosi, run_dirs):
+        tiny_mosi, run_dirs, monkeypatch, from_sena):
     """MMSA's own trainers go on through a NaN loss; the plugin stops the seed after its test,
-    before its NaN row or weights replace what the seed had: one TrainingDiverged line."""
+    before its NaN row or weights replace what the seed had: one TrainingDiverged line. So does
+    M-SENA's path (`from_sena`: train, valid and test scored per sample)."""
     from mmsa_iidaf.errors import TrainingDiverged
     from mmsa_iidaf.runs import file_sha256, seeds_csv
 
@@ -407,6 +409,9 @@ def test_a_diverged_mmsa_baseline_stops_in_one_error_and_keeps_the_finished_seed
     mmsa_run("lf_dnn", "mosi", tiny_mosi, dirs)
     checkpoint = dirs["model_save_dir"] / "lf_dnn-mosi-seed1.pth"
     finished = file_sha256(checkpoint)
+    if from_sena:
+        monkeypatch.setattr(MMSA.run, "_run", lambda args, num_workers=4, is_tune=False:
+                            compat.run_one_seed(args, num_workers, is_tune, from_sena=True))
     with pytest.raises(TrainingDiverged) as raised:
         MMSA.MMSA_run("lf_dnn", "mosi", custom_feature=str(tiny_mosi), seeds=[1],
                       config={"early_stop": 1, **SMALL_LF_DNN, "learning_rate": 1e30}, **dirs)

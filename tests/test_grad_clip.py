@@ -60,3 +60,28 @@ def test_mmsas_own_trainers_refuse_the_scope():
     with pytest.raises(ConfigError, match="misa's trainer is MMSA's, which has no clipping scope"):
         runs.check_before_training("misa", runs.preview_config(
             "misa", "mosi", None, {"grad_clip_scope": "all"}))
+
+
+def test_the_trainer_clips_every_step_with_the_runs_scope(tmp_path, monkeypatch):
+    import mmsa_iidaf.trainers.joint as joint
+    from mmsa_iidaf import registry
+    from mmsa_iidaf.data.synthetic import write_dataset
+    from support import SMALL_IIDAF
+
+    feature = write_dataset(tmp_path / "mosi.pkl", preset="mosi", n_train=32, n_valid=16,
+                            n_test=16, seq_lens=(4, 4, 4), seed=3)
+    args = EasyDict(registry.config_for("iidaf", "mosi"))
+    args.update({**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1, "grad_clip": 0.5,
+                 "grad_clip_scope": "each", "model_name": "iidaf", "dataset_name": "mosi",
+                 "custom_feature": str(feature), "feature_T": None, "feature_A": None,
+                 "feature_V": None, "device": torch.device("cpu"), "seed": 1, "cur_seed": 1,
+                 "train_mode": "regression", "model_save_path": str(tmp_path / "m.pth")})
+    runs.prepare_args(args)
+    calls = []
+    clip = joint.clip_gradients
+    monkeypatch.setattr(joint, "clip_gradients",
+                        lambda network, scope, max_norm: (calls.append((scope, max_norm)),
+                                                          clip(network, scope, max_norm)))
+    loaders = registry.build_dataloaders(args)
+    registry.build_trainer(args).do_train(registry.build_model(args), loaders)
+    assert calls == [("each", 0.5)] * len(loaders["train"])

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from .. import compat, runs
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 
 EXECUTORS = ("local", "ray")
 
@@ -52,25 +52,42 @@ class Outcome:
 
 
 class LocalExecutor:
-    """Today's behaviour: one `MMSA_run` per entry, here, one seed after another."""
+    """Today's behaviour: one `MMSA_run` per entry, here, one seed after another. A seed whose
+    training diverges (TrainingDiverged) costs that seed only, as a failed Ray task does: it is
+    reported in `failures` and the entry's later seeds run in one more `MMSA_run`."""
 
     def run(self, pending: list, grid: Grid, advance: Callable) -> Outcome:
         import MMSA
 
+        outcome = Outcome()
+
         def after(args, results, is_tune, seed_run):
+            outcome.finished.append((runs.run_name(args), args["seed"]))
             advance(runs.run_name(args), args["seed"])
 
         compat.RUN_HOOKS["after"].append(after)
         try:
             for entry, seeds in pending:
-                MMSA.MMSA_run(
-                    entry.model, grid.dataset, config_file=grid.config_file, config=entry.config,
-                    seeds=seeds, gpu_ids=grid.gpu_ids, num_workers=grid.num_workers,
-                    verbose_level=grid.verbose_level, model_save_dir=grid.model_save_dir,
-                    res_save_dir=grid.res_save_dir, log_dir=grid.log_dir, **grid.feature_paths)
+                remaining = list(seeds)
+                while remaining:
+                    try:
+                        MMSA.MMSA_run(
+                            entry.model, grid.dataset, config_file=grid.config_file,
+                            config=entry.config, seeds=remaining, gpu_ids=grid.gpu_ids,
+                            num_workers=grid.num_workers, verbose_level=grid.verbose_level,
+                            model_save_dir=grid.model_save_dir,
+                            res_save_dir=grid.res_save_dir, log_dir=grid.log_dir,
+                            **grid.feature_paths)
+                        remaining = []
+                    except TrainingDiverged as diverged:
+                        # Seeds run in order: the diverged one is the first not finished.
+                        done = {seed for name, seed in outcome.finished if name == entry.name}
+                        seed = next(seed for seed in remaining if seed not in done)
+                        outcome.failures.append(f"{entry.name} seed {seed}: {diverged}")
+                        remaining = remaining[remaining.index(seed) + 1:]
         finally:
             compat.RUN_HOOKS["after"].remove(after)
-        return Outcome(finished=[(entry.name, seed) for entry, seeds in pending for seed in seeds])
+        return outcome
 
 
 # --- Ray ---------------------------------------------------------------------------------------
