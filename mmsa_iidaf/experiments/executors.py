@@ -3,8 +3,8 @@
 An executor gets the comparison's pending (entry, seeds) and trains them. The local executor
 calls `MMSA_run` once per entry (and once more for the seeds after one that diverged). The
 Ray executor makes each (entry, seed) one Ray task: the task trains in a scratch folder of its
-worker and returns what the run wrote (its seeds row, predictions, diagnostics, log and checkpoint bytes); the driver,
-this process, writes all of it under its own folders. Workers need no shared file system: the
+worker and returns what the run wrote (its seeds row, predictions, diagnostics, log and
+checkpoint bytes); the driver, this process, writes all of it under its own folders. Workers need no shared file system: the
 config file and, where a worker lacks it, the feature file travel with the task (a feature file
 goes through Ray's object store once and is written to the worker's scratch folder only when
 no file of the same sha256 is at the driver's path there). With `storage` (an fsspec URL:
