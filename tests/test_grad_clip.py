@@ -62,8 +62,8 @@ def test_mmsas_own_trainers_refuse_the_scope():
             "misa", "mosi", None, {"grad_clip_scope": "all"}))
 
 
-def test_the_trainer_clips_every_step_with_the_runs_scope(tmp_path, monkeypatch):
-    import mmsa_iidaf.trainers.joint as joint
+def trained_args(tmp_path, **overrides):
+    """A tiny IIDAF run's args on a synthetic MOSI file (2 training batches)."""
     from mmsa_iidaf import registry
     from mmsa_iidaf.data.synthetic import write_dataset
     from support import SMALL_IIDAF
@@ -71,17 +71,72 @@ def test_the_trainer_clips_every_step_with_the_runs_scope(tmp_path, monkeypatch)
     feature = write_dataset(tmp_path / "mosi.pkl", preset="mosi", n_train=32, n_valid=16,
                             n_test=16, seq_lens=(4, 4, 4), seed=3)
     args = EasyDict(registry.config_for("iidaf", "mosi"))
-    args.update({**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1, "grad_clip": 0.5,
-                 "grad_clip_scope": "each", "model_name": "iidaf", "dataset_name": "mosi",
-                 "custom_feature": str(feature), "feature_T": None, "feature_A": None,
-                 "feature_V": None, "device": torch.device("cpu"), "seed": 1, "cur_seed": 1,
-                 "train_mode": "regression", "model_save_path": str(tmp_path / "m.pth")})
+    args.update({**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1, "model_name": "iidaf",
+                 "dataset_name": "mosi", "custom_feature": str(feature), "feature_T": None,
+                 "feature_A": None, "feature_V": None, "device": torch.device("cpu"), "seed": 1,
+                 "cur_seed": 1, "train_mode": "regression",
+                 "model_save_path": str(tmp_path / "m.pth"), **overrides})
     runs.prepare_args(args)
-    calls = []
-    clip = joint.clip_gradients
-    monkeypatch.setattr(joint, "clip_gradients",
-                        lambda network, scope, max_norm: (calls.append((scope, max_norm)),
-                                                          clip(network, scope, max_norm)))
-    loaders = registry.build_dataloaders(args)
-    registry.build_trainer(args).do_train(registry.build_model(args), loaders)
-    assert calls == [("each", 0.5)] * len(loaders["train"])
+    return args
+
+
+def test_each_batch_steps_the_critic_then_clips_and_steps_the_rest(tmp_path, monkeypatch):
+    """Per batch: the critic's zero_grad and step, then the model's zero_grad, the clipping
+    with the run's scope and bound, and its step (clipping after the step would bound
+    nothing; a critic without zero_grad would sum its gradients over batches)."""
+    import mmsa_iidaf.trainers.joint as joint
+    from mmsa_iidaf import registry
+
+    args = trained_args(tmp_path, grad_clip=0.5, grad_clip_scope="each")
+    events, optimizers = [], {}
+    clip, zero_grad, step = joint.clip_gradients, torch.optim.AdamW.zero_grad, torch.optim.AdamW.step
+
+    def named(optimizer):
+        return optimizers.setdefault(id(optimizer), "critic" if len(optimizers) else "model")
+
+    def recording_zero_grad(optimizer, *a, **k):
+        events.append(f"{named(optimizer)} zero_grad")
+        return zero_grad(optimizer, *a, **k)
+
+    def recording_step(optimizer, *a, **k):
+        events.append(f"{named(optimizer)} step")
+        return step(optimizer, *a, **k)
+
+    def recording_clip(network, scope, max_norm):
+        events.append(f"clip {scope} {max_norm}")
+        return clip(network, scope, max_norm)
+
+    monkeypatch.setattr(joint, "clip_gradients", recording_clip)
+    monkeypatch.setattr(torch.optim.AdamW, "zero_grad", recording_zero_grad)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    loaders = registry.build_dataloaders(args)  # sets the feature widths the model reads
+    trainer, model = registry.build_trainer(args), registry.build_model(args)
+    main, critic = trainer._optimizers(model.Model)
+    named(main), named(critic)  # the model's optimizer is made first
+    monkeypatch.setattr(trainer, "_optimizers", lambda network: (main, critic))
+    trainer.do_train(model, loaders)
+    batch = ["critic zero_grad", "critic step", "model zero_grad", "clip each 0.5", "model step"]
+    assert events == batch * len(loaders["train"])
+
+
+def test_the_optimizers_give_each_part_its_learning_rate():
+    from mmsa_iidaf.trainers.joint import JointTrainer
+
+    class Network:
+        main, encoder, critic = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+
+        def main_parameters(self):
+            return [self.main]
+
+        def text_encoder_parameters(self):
+            return [self.encoder]
+
+        def discriminator_parameters(self):
+            return [self.critic]
+
+    trainer = JointTrainer.__new__(JointTrainer)  # only its args are read
+    trainer.args = EasyDict(learning_rate=1e-3, bert_learning_rate=2e-5,
+                            disc_learning_rate=1e-4, weight_decay=0.0)
+    main, critic = trainer._optimizers(Network())
+    assert [group["lr"] for group in main.param_groups] == [1e-3, 2e-5]
+    assert [group["lr"] for group in critic.param_groups] == [1e-4]

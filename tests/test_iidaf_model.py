@@ -151,6 +151,23 @@ def test_attention_mask_is_per_sample():
         assert torch.allclose(joint[2:3], single, atol=1e-6)
 
 
+@pytest.mark.parametrize("weights", ["sigmoid", "softmax"])
+def test_attention_mask_mixes_as_eq_8(weights):
+    """r = (1 − α) ⊙ V_r + β ⊙ V_u and u = (1 − β) ⊙ V_u + α ⊙ V_r, with α from (Q_u, K_r) and
+    β from (Q_r, K_u)."""
+    torch.manual_seed(0)
+    mask = AttentionMask(WIDTH, weights)
+    u_hat, r_hat = torch.randn(5, WIDTH), torch.randn(5, WIDTH)
+    query_u, key_u, value_u = mask.specific_qkv(u_hat).chunk(3, dim=-1)
+    query_r, key_r, value_r = mask.shared_qkv(r_hat).chunk(3, dim=-1)
+    specific, shared, alpha, beta = mask(u_hat, r_hat)
+    torch.testing.assert_close(alpha, mask._channel_weights(query_u, key_r, 0))
+    torch.testing.assert_close(beta, mask._channel_weights(query_r, key_u, 1))
+    assert not torch.allclose(alpha, beta)  # so that swapping them would show
+    torch.testing.assert_close(shared, (1 - alpha) * value_r + beta * value_u)
+    torch.testing.assert_close(specific, (1 - beta) * value_u + alpha * value_r)
+
+
 def test_permutation_saved_and_restored():
     first, second = build(seed=0), build(seed=1)
     key = "disentanglers.t.flow.3.permutation"
@@ -246,6 +263,44 @@ def test_objective_terms_finite_and_total_matches_eq_23():
     assert all(p.grad is None or not p.grad.any() for p in model.discriminator_parameters())
     discriminator_loss = objective.discriminator_loss(model, outputs, torch.randn(BATCH))
     assert discriminator_loss.requires_grad and torch.isfinite(discriminator_loss)
+
+
+def test_each_objective_term_is_its_equation_over_the_modalities():
+    """L_IN (eq. 11) and L_RE (eq. 10) summed over modalities, L_S (eq. 12-13, K = 5) and the
+    across part of L_H averaged over pairs, L_H's own part over modalities (eq. 14-15)."""
+    from itertools import combinations
+
+    import torch.nn.functional as F
+
+    from mmsa_iidaf.losses import hsic, range_cmd
+
+    model, objective = build(), IIDAFObjective(make_args())
+    outputs = model(*make_inputs())
+    terms = objective(model, outputs, torch.randn(BATCH))
+    shared, specific = outputs["shared"], outputs["specific"]
+    pairs = list(combinations("tav", 2))
+    expected = {
+        "L_IN": sum(F.mse_loss(outputs["latent_recovered"][m], outputs["latent"][m])
+                    for m in "tav"),
+        "L_RE": sum(F.mse_loss(outputs["reconstruction"][m], outputs["encoded"][m])
+                    for m in "tav"),
+        "L_S": sum(range_cmd(shared[a], shared[b], 5) for a, b in pairs) / len(pairs),
+        "L_H": (sum(hsic(shared[m], specific[m]) for m in "tav") / 3
+                + sum(hsic(specific[a], specific[b]) for a, b in pairs) / len(pairs)),
+    }
+    for key, value in expected.items():
+        torch.testing.assert_close(terms[key], value, msg=key)
+
+
+def test_the_shared_enhancer_is_two_residual_sub_blocks():
+    """r^e = h + FFN(h), h = r + Linear(r): the identity paths keep r^e close to r."""
+    from mmsa_iidaf.models.iidaf.sgaff import SharedEnhancer
+
+    torch.manual_seed(0)
+    enhancer = SharedEnhancer(WIDTH, dropout=0.1).eval()
+    shared = torch.randn(4, WIDTH)
+    hidden = shared + enhancer.linear(shared)
+    torch.testing.assert_close(enhancer(shared), hidden + enhancer.feed_forward(hidden))
 
 
 def test_classification_objective_uses_cross_entropy():

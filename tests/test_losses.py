@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from mmsa_iidaf.losses import (
@@ -255,3 +256,18 @@ def test_range_cmd_is_eq_12_with_the_empirical_range_and_resists_shrinking():
         moment = lambda x: (x - x.mean(0)).pow(k).mean(0)  # noqa: E731
         terms.append((moment(shared_t) - moment(shared_a)).norm() / span ** k)
     assert torch.allclose(value, torch.stack(terms).sum(), rtol=1e-4)
+
+
+def test_task_losses_by_hand():
+    from mmsa_iidaf.losses.task import per_sample_task_loss, sentiment_classes, task_loss
+
+    prediction, labels = torch.tensor([[0.5], [-1.0], [2.0]]), torch.tensor([1.0, 1.0, 2.0])
+    # Squared errors 0.25, 4, 0: MSE, per sample and averaged.
+    assert per_sample_task_loss(prediction, labels, "regression").tolist() == [0.25, 4.0, 0.0]
+    assert task_loss(prediction, labels, "regression").item() == pytest.approx(4.25 / 3)
+    logits, classes = torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1])
+    expected = [math.log(1 + math.exp(-2.0)), math.log(2.0)]
+    assert per_sample_task_loss(logits, classes, "classification").tolist() == pytest.approx(
+        expected)
+    # A regression score's class is its sign: negative, neutral and positive stay apart.
+    assert sentiment_classes(torch.tensor([-2.4, 0.0, 0.6]), "regression").tolist() == [-1, 0, 1]

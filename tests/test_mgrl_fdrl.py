@@ -240,3 +240,27 @@ def test_classification_trains_every_term(name):
     named = [term for term in objective_class.terms if term != "L_T"]
     assert all(torch.isfinite(losses[t]) and losses[t].requires_grad for t in named), losses
     losses["total"].backward()
+
+
+@pytest.mark.parametrize("name, weights", [
+    # AO-FL's angle terms bind at a 90° floor and a margin of 1 (its defaults hold at start).
+    ("aofl", {"lambda_cen": 0.3, "lambda_aac": 0.7, "lambda_csr": 1.9, "aac_min_angle": 90.0,
+              "csr_margin": 1.0}),
+    ("mgrl", {"lambda_mc": 0.3, "lambda_mar": 0.7, "lambda_con": 1.9}),
+    ("fdrl", {"lambda_fa": 0.3, "lambda_fd": 0.7, "lambda_rec": 1.9}),
+])
+def test_each_peers_total_weighs_every_term_by_its_lambda(name, weights):
+    """total = L_T + Σ λ_k L_k, each λ on its own term (distinct λ, so a λ read for another
+    term, or none, would show)."""
+    from mmsa_iidaf.models.aofl import AOFL, AOFLObjective
+
+    model_class, objective_class = {"aofl": (AOFL, AOFLObjective), "mgrl": (MGRL, MGRLObjective),
+                                    "fdrl": (FDRL, FDRLObjective)}[name]
+    args = peer_args(name, **weights)
+    torch.manual_seed(0)
+    model, objective = model_class(args), objective_class(args)
+    terms = objective(model, model(*peer_inputs(8)), LABELS)
+    by_term = dict(zip(objective.weights, list(weights.values())[:3]))
+    assert all(terms[term].abs() > 0 for term in by_term)
+    expected = terms["L_T"] + sum(weight * terms[term] for term, weight in by_term.items())
+    torch.testing.assert_close(terms["total"], expected)
