@@ -160,3 +160,31 @@ def test_a_term_that_never_acts_is_reported(signal_file, tmp_path, monkeypatch, 
     inert = [line for line in log.splitlines() if "no work" in line]
     assert len(inert) == 1 and "L_AAC 0 on every batch" in inert[0], inert
     assert "L_CSR" not in inert[0] and "L_CEN" not in inert[0]
+
+
+def test_aofls_terms_are_their_equations_over_the_modalities():
+    """L_CEN: label-aware InfoNCE of each ordered pair of shared features against every
+    modality's shared features; L_AAC: each modality's angle floor; L_CSR: for each ordered
+    pair (s, m), s's shared feature closer to m's shared than m's specific is, by the margin."""
+    from itertools import permutations
+
+    from mmsa_iidaf.losses.task import sentiment_classes
+
+    args = aofl_args(aac_min_angle=90.0, csr_margin=1.0)  # so that every term binds
+    torch.manual_seed(0)
+    model, objective = AOFL(args), AOFLObjective(args)
+    labels = torch.tensor([1.0, -1.0, 0.5, -2.0, 0.0, 1.5, -0.5, 2.5])
+    outputs = model(*peer_inputs(8))
+    terms = objective(model, outputs, labels)
+    shared, specific = outputs["shared"], outputs["specific"]
+    classes = sentiment_classes(labels, "regression")
+    negatives = torch.cat([shared[m] for m in "tav"])
+    consistency = [label_aware_infonce(shared[a], shared[b], negatives, classes,
+                                       classes.repeat(3), float(args.cen_temperature))
+                   for a, b in permutations("tav", 2)]
+    ranking = [cosine_ranking(shared[s], shared[m], specific[m], shared[m], 1.0)
+               for s, m in permutations("tav", 2)]
+    floors = [angle_floor(shared[m], specific[m], 90.0) for m in "tav"]
+    for key, parts in (("L_CEN", consistency), ("L_CSR", ranking), ("L_AAC", floors)):
+        assert terms[key] > 0, key
+        torch.testing.assert_close(terms[key], torch.stack(parts).mean(), msg=key)

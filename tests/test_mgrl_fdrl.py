@@ -264,3 +264,42 @@ def test_each_peers_total_weighs_every_term_by_its_lambda(name, weights):
     assert all(terms[term].abs() > 0 for term in by_term)
     expected = terms["L_T"] + sum(weight * terms[term] for term, weight in by_term.items())
     torch.testing.assert_close(terms["total"], expected)
+
+
+@pytest.mark.parametrize("granularity", ["fine", "coarse"])
+def test_fdrls_terms_are_their_equations_over_the_modalities(granularity):
+    """L_FA over modality pairs (fine: instance alignment + class-conditional CMD; coarse: CMD),
+    L_FD over each modality's (specific, shared) and every pair of specifics, L_REC against the
+    detached encoder output, each averaged."""
+    from itertools import combinations
+
+    import torch.nn.functional as F
+
+    from mmsa_iidaf.losses.cmd import scale_free_cmd
+    from mmsa_iidaf.losses.task import sentiment_classes
+
+    args = peer_args("fdrl", granularity=granularity)
+    torch.manual_seed(0)
+    model, objective = FDRL(args), FDRLObjective(args)
+    outputs = model(*peer_inputs(8))
+    terms = objective(model, outputs, LABELS)
+    shared, specific, k = outputs["shared"], outputs["specific"], int(args.cmd_moments)
+    classes = sentiment_classes(LABELS, "regression")
+    pairs = list(combinations("tav", 2))
+    if granularity == "fine":
+        align = [instance_alignment(shared[m], shared[s])
+                 + class_conditional_cmd(shared[m], shared[s], classes, k) for m, s in pairs]
+        apart = instance_disparity
+    else:
+        align = [scale_free_cmd(shared[m], shared[s], k) for m, s in pairs]
+        apart = soft_orthogonality
+    disparity = ([apart(specific[m], shared[m]) for m in "tav"]
+                 + [apart(specific[m], specific[s]) for m, s in pairs])
+    torch.testing.assert_close(terms["L_FA"], torch.stack(align).mean())
+    torch.testing.assert_close(terms["L_FD"], torch.stack(disparity).mean())
+    encoded = {m: value.detach().requires_grad_() for m, value in outputs["encoded"].items()}
+    reconstruction = objective.reconstruction({**outputs, "encoded": encoded})
+    torch.testing.assert_close(reconstruction, torch.stack(
+        [F.mse_loss(outputs["reconstructed"][m], encoded[m]) for m in "tav"]).mean())
+    reconstruction.backward()
+    assert all(value.grad is None for value in encoded.values())  # a target, not a trainee
