@@ -161,8 +161,14 @@ def test_attention_mask_mixes_as_eq_8(weights):
     query_u, key_u, value_u = mask.specific_qkv(u_hat).chunk(3, dim=-1)
     query_r, key_r, value_r = mask.shared_qkv(r_hat).chunk(3, dim=-1)
     specific, shared, alpha, beta = mask(u_hat, r_hat)
-    torch.testing.assert_close(alpha, mask._channel_weights(query_u, key_r, 0))
-    torch.testing.assert_close(beta, mask._channel_weights(query_r, key_u, 1))
+    if weights == "sigmoid":  # α_i = σ(q_i k_i / √D + b_i)
+        by_hand = [torch.sigmoid(q * k / WIDTH ** 0.5 + mask.offsets[which])
+                   for which, (q, k) in enumerate([(query_u, key_r), (query_r, key_u)])]
+    else:  # α = diag(softmax(q kᵀ / √D)) per sample
+        by_hand = [torch.softmax(q.unsqueeze(-1) * k.unsqueeze(-2) / WIDTH ** 0.5, dim=-1)
+                   .diagonal(dim1=-2, dim2=-1) for q, k in [(query_u, key_r), (query_r, key_u)]]
+    torch.testing.assert_close(alpha, by_hand[0])
+    torch.testing.assert_close(beta, by_hand[1])
     assert not torch.allclose(alpha, beta)  # so that swapping them would show
     torch.testing.assert_close(shared, (1 - alpha) * value_r + beta * value_u)
     torch.testing.assert_close(specific, (1 - beta) * value_u + alpha * value_r)
@@ -236,9 +242,13 @@ def test_padded_steps_are_ignored(pooling):
     assert torch.allclose(clean, noisy, atol=1e-5)
 
 
-def test_gamma_strictly_between_zero_and_one():
-    gamma = build()(*make_inputs())["gamma"]
-    assert ((gamma > 0) & (gamma < 1)).all()
+def test_gamma_strictly_between_zero_and_one_and_weighs_the_shared_branch():
+    """Eq. 22: ŷ = γ g(s) + (1 − γ) g(p)."""
+    outputs = build().eval()(*make_inputs())
+    gamma = outputs["gamma"]
+    assert ((gamma > 0) & (gamma < 1)).all() and not torch.allclose(gamma, 0.5 + 0 * gamma)
+    torch.testing.assert_close(outputs["M"], gamma * outputs["M_shared"]
+                               + (1 - gamma) * outputs["M_specific"])
 
 
 # ---------------------------------------------------------------- objective
@@ -290,6 +300,10 @@ def test_each_objective_term_is_its_equation_over_the_modalities():
     }
     for key, value in expected.items():
         torch.testing.assert_close(terms[key], value, msg=key)
+    # L_RE's target X_m is detached: the term reaches the encoder only through u_m and r_m.
+    encoded = {m: value.detach().requires_grad_() for m, value in outputs["encoded"].items()}
+    objective_module.reconstruction_loss(outputs["reconstruction"], encoded).backward()
+    assert all(value.grad is None for value in encoded.values())
 
 
 def test_the_shared_enhancer_is_two_residual_sub_blocks():
