@@ -188,3 +188,20 @@ def test_aofls_terms_are_their_equations_over_the_modalities():
     for key, parts in (("L_CEN", consistency), ("L_CSR", ranking), ("L_AAC", floors)):
         assert terms[key] > 0, key
         torch.testing.assert_close(terms[key], torch.stack(parts).mean(), msg=key)
+
+
+def test_opr_refines_each_shared_feature_with_the_others_through_attention():
+    """OPR: g_m' = LayerNorm(g_m + attention over every modality's g), h_m' = h_m without its
+    projection on g_m."""
+    torch.manual_seed(0)
+    model = AOFL(aofl_args()).eval()
+    outputs = model(*peer_inputs(4))
+    shared = outputs["shared"]
+    tokens = torch.stack([shared[m] for m in "tav"], dim=1)
+    context, _ = model.context(tokens, tokens, tokens, need_weights=False)
+    assert context.abs().max() > 1e-3
+    enriched = model.context_norm(tokens + context)
+    for i, m in enumerate("tav"):
+        torch.testing.assert_close(outputs["refined_shared"][m], enriched[:, i])
+        torch.testing.assert_close(outputs["refined_specific"][m],
+                                   remove_projection(outputs["specific"][m], shared[m]))
