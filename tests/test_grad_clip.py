@@ -89,7 +89,8 @@ def test_each_batch_steps_the_critic_then_clips_and_steps_the_rest(tmp_path, mon
 
     args = trained_args(tmp_path, grad_clip=0.5, grad_clip_scope="each")
     events, optimizers = [], {}
-    clip, zero_grad, step = joint.clip_gradients, torch.optim.AdamW.zero_grad, torch.optim.AdamW.step
+    clip = joint.clip_gradients
+    zero_grad, step = torch.optim.AdamW.zero_grad, torch.optim.AdamW.step
 
     def named(optimizer):
         return optimizers.setdefault(id(optimizer), "critic" if len(optimizers) else "model")

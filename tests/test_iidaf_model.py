@@ -153,8 +153,8 @@ def test_attention_mask_is_per_sample():
 
 @pytest.mark.parametrize("weights", ["sigmoid", "softmax"])
 def test_attention_mask_mixes_as_eq_8(weights):
-    """r = (1 − α) ⊙ V_r + β ⊙ V_u and u = (1 − β) ⊙ V_u + α ⊙ V_r, with α from (Q_u, K_r) and
-    β from (Q_r, K_u)."""
+    """r = (1 − α) ⊙ V_r + β ⊙ V_u and u = (1 − β) ⊙ V_u + α ⊙ V_r, with α from (Q_u, K_r)
+    and β from (Q_r, K_u)."""
     torch.manual_seed(0)
     mask = AttentionMask(WIDTH, weights)
     u_hat, r_hat = torch.randn(5, WIDTH), torch.randn(5, WIDTH)

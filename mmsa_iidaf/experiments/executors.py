@@ -4,11 +4,12 @@ An executor gets the comparison's pending (entry, seeds) and trains them. The lo
 calls `MMSA_run` once per entry (and once more for the seeds after one that diverged). The
 Ray executor makes each (entry, seed) one Ray task: the task trains in a scratch folder of its
 worker and returns what the run wrote (its seeds row, predictions, diagnostics, log and
-checkpoint bytes); the driver, this process, writes all of it under its own folders. Workers need no shared file system: the
-config file and, where a worker lacks it, the feature file travel with the task (a feature file
-goes through Ray's object store once and is written to the worker's scratch folder only when
-no file of the same sha256 is at the driver's path there). With `storage` (an fsspec URL:
-a local folder, `s3://...`, `gs://...`), workers write their checkpoints there instead.
+checkpoint bytes); the driver, this process, writes all of it under its own folders. Workers
+need no shared file system: the config file and, where a worker lacks it, the feature file
+travel with the task (a feature file goes through Ray's object store once and is written to the
+worker's scratch folder only when no file of the same sha256 is at the driver's path there).
+With `storage` (an fsspec URL: a local folder, `s3://...`, `gs://...`), workers write their
+checkpoints there instead.
 
 A worker that dies costs its own run only: Ray retries it once (`max_retries=1`); a run that
 fails for good, or raises, is reported in `failures` while the others go on.

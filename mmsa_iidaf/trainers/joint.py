@@ -41,7 +41,8 @@ LOWER_IS_BETTER = ("Loss", "MAE")
 # and every table's) leaves a fine-tuned text encoder's unclipped: its norm reaches 10-60 by the
 # second epoch on mosi_utt while the rest's stays near 5, and one joint norm would shrink every
 # other part's step with it. "all" is that joint norm (as MMSA's MMIM and MCTN clip; its MISA
-# clips every parameter by value); "each" bounds the text encoder's norm and the rest's apart. Measured: benchmarks/grad_clip_scope.md.
+# clips every parameter by value); "each" bounds the text encoder's norm and the rest's apart.
+# Measured: benchmarks/grad_clip_scope.md.
 CLIP_SCOPES = ("main", "all", "each")
 
 
