@@ -242,14 +242,16 @@ def test_classification_trains_every_term(name):
     losses["total"].backward()
 
 
-@pytest.mark.parametrize("name, weights", [
+@pytest.mark.parametrize("name, weights, terms", [
     # AO-FL's angle terms bind at a 90° floor and a margin of 1 (its defaults hold at start).
     ("aofl", {"lambda_cen": 0.3, "lambda_aac": 0.7, "lambda_csr": 1.9, "aac_min_angle": 90.0,
-              "csr_margin": 1.0}),
-    ("mgrl", {"lambda_mc": 0.3, "lambda_mar": 0.7, "lambda_con": 1.9}),
-    ("fdrl", {"lambda_fa": 0.3, "lambda_fd": 0.7, "lambda_rec": 1.9}),
+              "csr_margin": 1.0}, {"L_CEN": 0.3, "L_AAC": 0.7, "L_CSR": 1.9}),
+    ("mgrl", {"lambda_mc": 0.3, "lambda_mar": 0.7, "lambda_con": 1.9},
+     {"L_MC": 0.3, "L_MAR": 0.7, "L_CON": 1.9}),
+    ("fdrl", {"lambda_fa": 0.3, "lambda_fd": 0.7, "lambda_rec": 1.9},
+     {"L_FA": 0.3, "L_FD": 0.7, "L_REC": 1.9}),
 ])
-def test_each_peers_total_weighs_every_term_by_its_lambda(name, weights):
+def test_each_peers_total_weighs_every_term_by_its_lambda(name, weights, terms):
     """total = L_T + Σ λ_k L_k, each λ on its own term (distinct λ, so a λ read for another
     term, or none, would show)."""
     from mmsa_iidaf.models.aofl import AOFL, AOFLObjective
@@ -259,11 +261,10 @@ def test_each_peers_total_weighs_every_term_by_its_lambda(name, weights):
     args = peer_args(name, **weights)
     torch.manual_seed(0)
     model, objective = model_class(args), objective_class(args)
-    terms = objective(model, model(*peer_inputs(8)), LABELS)
-    by_term = dict(zip(objective.weights, list(weights.values())[:3]))
-    assert all(terms[term].abs() > 0 for term in by_term)
-    expected = terms["L_T"] + sum(weight * terms[term] for term, weight in by_term.items())
-    torch.testing.assert_close(terms["total"], expected)
+    losses = objective(model, model(*peer_inputs(8)), LABELS)
+    assert all(losses[term].abs() > 0 for term in terms)
+    expected = losses["L_T"] + sum(weight * losses[term] for term, weight in terms.items())
+    torch.testing.assert_close(losses["total"], expected)
 
 
 @pytest.mark.parametrize("granularity", ["fine", "coarse"])
