@@ -418,15 +418,14 @@ def run_one_seed(args, num_workers=4, is_tune=False, from_sena=False):
                 for split in ("train", "valid", "test")
             }
             results = {"epoch_results": epoch_results, "final_results": final_results}
-            for hook in RUN_HOOKS["tested"]:
-                hook(args, final_results["test"], training)
         elif is_tune:
             results = trainer.do_test(model, dataloader[TUNE_SPLIT], mode=TUNE_SPLIT.upper())
         else:
             results, predictions = test_with_predictions(trainer, model, dataloader["test"])
-            for hook in RUN_HOOKS["tested"]:
-                hook(args, results, training)
         if not is_tune:
+            test_results = results["final_results"]["test"] if from_sena else results
+            for hook in RUN_HOOKS["tested"]:
+                hook(args, test_results, training)
             if not training.exists():  # the checkpoint is the model that was tested
                 torch.save(model.state_dict(), training)
             os.replace(training, final)

@@ -13,6 +13,25 @@ SMALL_PEER = {key: value for key, value in SMALL_IIDAF.items()
               if key not in ("mic_proj_dim", "disc_hidden")}
 
 
+def iidaf_run_args(feature_file, model_save_path, **overrides):
+    """The prepared args of a one-epoch IIDAF run at SMALL_IIDAF widths on `feature_file`
+    (MOSI layout), CPU, regression, seed 1; `overrides` last. What a trainer test builds its
+    loaders, model and trainer from."""
+    import torch
+    from easydict import EasyDict
+
+    from mmsa_iidaf import registry, runs
+
+    args = EasyDict(registry.config_for("iidaf", "mosi"))
+    args.update({**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1, "model_name": "iidaf",
+                 "dataset_name": "mosi", "custom_feature": str(feature_file), "feature_T": None,
+                 "feature_A": None, "feature_V": None, "device": torch.device("cpu"), "seed": 1,
+                 "cur_seed": 1, "train_mode": "regression",
+                 "model_save_path": str(model_save_path), **overrides})
+    runs.prepare_args(args)
+    return args
+
+
 def peer_args(name: str, **overrides):
     """A peer's config for mosi at SMALL_PEER widths, regression, CPU; `overrides` last."""
     from easydict import EasyDict

@@ -11,11 +11,11 @@ import torch
 from easydict import EasyDict
 from torch import nn
 
-from mmsa_iidaf import registry, runs
+from mmsa_iidaf import registry
 from mmsa_iidaf.data.synthetic import write_dataset
 from mmsa_iidaf.errors import ConfigError
 from mmsa_iidaf.trainers.averaging import WeightAverage, ema_decay
-from support import SMALL_IIDAF, close_mmsa_handlers, run_folders
+from support import close_mmsa_handlers, iidaf_run_args, run_folders
 
 
 def test_the_average_follows_the_ema_rule_and_the_live_weights_come_back():
@@ -52,14 +52,8 @@ def feature_file(tmp_path_factory):
 def test_the_checkpoint_holds_the_averaged_weights_and_training_is_unchanged(feature_file,
                                                                              tmp_path):
     def trained(decay: float, never_improves: bool = False):
-        args = EasyDict(registry.config_for("iidaf", "mosi"))
-        args.update({**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1, "ema_decay": decay,
-                     "model_name": "iidaf", "dataset_name": "mosi",
-                     "custom_feature": str(feature_file), "feature_T": None, "feature_A": None,
-                     "feature_V": None, "device": torch.device("cpu"), "seed": 1, "cur_seed": 1,
-                     "train_mode": "regression",
-                     "model_save_path": str(tmp_path / f"{decay}-{never_improves}.pth")})
-        runs.prepare_args(args)
+        args = iidaf_run_args(feature_file, tmp_path / f"{decay}-{never_improves}.pth",
+                              ema_decay=decay)
         torch.manual_seed(1)
         loaders = registry.build_dataloaders(args)
         model = registry.build_model(args)

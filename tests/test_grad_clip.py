@@ -64,20 +64,12 @@ def test_mmsas_own_trainers_refuse_the_scope():
 
 def trained_args(tmp_path, **overrides):
     """A tiny IIDAF run's args on a synthetic MOSI file (2 training batches)."""
-    from mmsa_iidaf import registry
     from mmsa_iidaf.data.synthetic import write_dataset
-    from support import SMALL_IIDAF
+    from support import iidaf_run_args
 
     feature = write_dataset(tmp_path / "mosi.pkl", preset="mosi", n_train=32, n_valid=16,
                             n_test=16, seq_lens=(4, 4, 4), seed=3)
-    args = EasyDict(registry.config_for("iidaf", "mosi"))
-    args.update({**SMALL_IIDAF, "max_epochs": 1, "early_stop": 1, "model_name": "iidaf",
-                 "dataset_name": "mosi", "custom_feature": str(feature), "feature_T": None,
-                 "feature_A": None, "feature_V": None, "device": torch.device("cpu"), "seed": 1,
-                 "cur_seed": 1, "train_mode": "regression",
-                 "model_save_path": str(tmp_path / "m.pth"), **overrides})
-    runs.prepare_args(args)
-    return args
+    return iidaf_run_args(feature, tmp_path / "m.pth", **overrides)
 
 
 def test_each_batch_steps_the_critic_then_clips_and_steps_the_rest(tmp_path, monkeypatch):
