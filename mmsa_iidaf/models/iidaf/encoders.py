@@ -18,7 +18,7 @@ FEEDFORWARD_RATIO = 4
 
 def sinusoidal_positions(length: int, width: int, device=None, dtype=None) -> Tensor:
     """(length, width) sinusoidal position encoding (Vaswani et al., 2017): sin on even channels,
-    cos on odd ones, wavelengths from 2π to 10000·2π."""
+    cos on odd ones, wavelengths from 2π to just under 10000·2π."""
     position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
     frequency = torch.exp(
         torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / width)
