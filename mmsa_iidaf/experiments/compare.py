@@ -295,7 +295,8 @@ def markdown(table: pd.DataFrame, metrics: list[str], *, dataset: str, command: 
         "",
         f"Seeds {', '.join(map(str, seeds))}; mean ± sample std over the seeds each model "
         f"finished; best per column in **bold** (lowest MAE, highest otherwise); † p < "
-        f"0.05 in a paired t-test against `{reference}` over the seeds both finished.",
+        f"0.05 in a paired t-test against `{reference}` over the seeds both finished, each "
+        f"cell on its own (not corrected for the number of models and metrics).",
     ]
     has_diff = "MAE_diff" in table
     if has_diff:

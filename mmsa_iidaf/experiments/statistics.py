@@ -70,8 +70,10 @@ def mae_difference(y_true, y_pred_reference, y_pred_other, *, level: float = 0.9
     errors, so resampling those differences resamples the pairs. The percentile method, not
     scipy's default BCa: BCa's jackknife holds an n × n array, about 4 GB for five pooled seeds
     of MOSEI's test split. A fixed `seed` makes the interval reproducible."""
+    # Positional arrays first: np.clip keeps a pandas Series (and its index labels).
     y_true, y_pred_reference, y_pred_other = (
-        np.asarray(values, dtype=float) if clip is None else np.clip(values, *clip)
+        np.asarray(values, dtype=float) if clip is None
+        else np.clip(np.asarray(values, dtype=float), *clip)
         for values in (y_true, y_pred_reference, y_pred_other))
     differences = np.abs(y_pred_other - y_true) - np.abs(y_pred_reference - y_true)
     if len(differences) < 2:
