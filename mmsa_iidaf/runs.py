@@ -401,7 +401,8 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
     MMSA_run.__doc__ = (mmsa_run.__doc__ or "") + (
         "\n    mmsa_iidaf: names, feature files and the text encoder are checked before any "
         "training;\n    each seed's test results are appended to "
-        "{res_save_dir}/{model}-{dataset}-seeds.csv as it finishes, and its per-sample test\n"
-        "    predictions written to {res_save_dir}/predictions/{model}-{dataset}-seed{seed}.npz.\n"
+        "{res_save_dir}/{name}-{dataset}-seeds.csv as it finishes, and its per-sample test\n"
+        "    predictions written to {res_save_dir}/predictions/{name}-{dataset}-seed{seed}.npz\n"
+        "    ({name}: config key run_name, e.g. a variant's 'iidaf[-mic]'; else the model).\n"
     )
     return MMSA_run

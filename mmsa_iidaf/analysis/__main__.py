@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--res-save-dir", type=Path, default=Path.home() / "MMSA" / "results",
                         help="where the run's *-seeds.csv files are (default ~/MMSA/results)")
     parser.add_argument("--seeds-csv", type=Path, default=None,
-                        help="the run's {model}-{dataset}-seeds.csv (instead of --res-save-dir)")
+                        help="the run's {name}-{dataset}-seeds.csv (instead of --res-save-dir)")
     parser.add_argument("--config-json", type=Path, default=None,
                         help="the run's config as JSON (a seeds row's `config`), instead of a "
                              "seeds row")
