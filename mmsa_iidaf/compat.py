@@ -6,8 +6,8 @@ so a test can show the defect with the fix off and its absence with the fix on
 (`with disabled("B1"): ...`). The same changes, as unified diffs against MMSA 2.2.1's sources, are
 in `patches/` for upstream.
 
-Where a defect sits inside a function body (B3, B5), the fix rewrites that function's source text,
-and refuses to apply, loudly, if the text is not 2.2.1's.
+Where a defect sits inside a function body (B3, B4, B5, B6, B10, B11), the fix rewrites that
+function's source text, and refuses to apply, loudly, if the text is not 2.2.1's.
 
 Nothing here is called by users: `mmsa_iidaf.wiring.install()` applies every fix.
 """
@@ -185,7 +185,7 @@ def _b4():
 # --- B5: BERT by hub name only; TFR_NET and BERT_MAG ignore `pretrained`; width 768 assumed ---
 # (data_loader and MISA write 768; SELF_MM reads it from its config's `text_out`).
 # The name itself is resolved to a local directory before any model is built
-# (`registry.prepare_args`); these fixes make every model honour `pretrained` and the encoder's
+# (`runs.prepare_args`); these fixes make every model honour `pretrained` and the encoder's
 # own width.
 
 @_fix("B5", "BERT models honour `pretrained`, text width from the encoder config")
