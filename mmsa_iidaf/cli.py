@@ -2,8 +2,8 @@
 
 MMSA's flags keep their meaning (`-m -d -c -s -t -tt -n -v -g --model-save-dir --res-save-dir
 --log-dir -Ft -Fa -Fv`); added: `-f/--feature` (a whole feature pickle), `--demo` (synthetic data,
-no download), `--modalities`, `--set KEY=VALUE` and `--text-encoder`. A mistake the user can fix prints one line and
-exits with status 2.
+no download), `--modalities`, `--set KEY=VALUE` and `--text-encoder`. A mistake the user can fix
+prints one line and exits with status 2; Ctrl-C prints one line and exits with status 130.
 """
 from __future__ import annotations
 
@@ -274,27 +274,35 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 130
             return 0
-        seeds = options.seeds if options.tune else _seeds_to_train(options, overrides, feature)
+        if options.tune:  # MMSA's tuning: its seeds as given, MMSA's defaults without -s
+            seeds = options.seeds or list(registry.DEFAULT_SEEDS)
+        else:
+            seeds = _seeds_to_train(options, overrides, feature)
         if not seeds:
             return 0
-        MMSA_run(
-            options.model[0], options.dataset,
-            config_file=options.config,
-            config=overrides[options.model[0]],
-            seeds=seeds,
-            is_tune=options.tune,
-            tune_times=options.tune_times,
-            custom_feature=feature,
-            feature_T=options.feature_T,
-            feature_A=options.feature_A,
-            feature_V=options.feature_V,
-            gpu_ids=options.gpu_ids,
-            num_workers=options.num_workers,
-            verbose_level=options.verbose,
-            model_save_dir=options.model_save_dir,
-            res_save_dir=options.res_save_dir,
-            log_dir=options.log_dir,
-        )
+        try:
+            MMSA_run(
+                options.model[0], options.dataset,
+                config_file=options.config,
+                config=overrides[options.model[0]],
+                seeds=seeds,
+                is_tune=options.tune,
+                tune_times=options.tune_times,
+                custom_feature=feature,
+                feature_T=options.feature_T,
+                feature_A=options.feature_A,
+                feature_V=options.feature_V,
+                gpu_ids=options.gpu_ids,
+                num_workers=options.num_workers,
+                verbose_level=options.verbose,
+                model_save_dir=options.model_save_dir,
+                res_save_dir=options.res_save_dir,
+                log_dir=options.log_dir,
+            )
+        except KeyboardInterrupt:
+            print(f"interrupted: finished seeds stay in {options.res_save_dir} and the same "
+                  f"command resumes the rest", file=sys.stderr)
+            return 130
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

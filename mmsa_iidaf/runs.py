@@ -340,6 +340,18 @@ def check_numbers(model_name: str, preview: dict) -> None:
             config_number(preview, key, 1.0, lambda n: n >= 0, "a number >= 0")
 
 
+def check_values(model_name: str, preview: dict) -> None:
+    """The config's values, each of the kind and range the model and its trainer read."""
+    check_numbers(model_name, preview)
+    try:
+        registry.check_model_settings(model_name, preview)
+    except (ValueError, TypeError) as error:  # a text where the model reads a number
+        raise ConfigError(f"{model_name}'s config has a value of the wrong kind ({error}): "
+                          f"fix it in --set or the config file") from None
+    ema_decay(preview)
+    clip_scope(preview)
+
+
 def check_before_training(model_name: str, preview: dict, is_tune: bool = False) -> None:
     """What a run's config (`preview_config`) can be checked for before MMSA makes any folder:
     the trainer's keys, the model's own settings, the feature files, the text encoder,
@@ -349,15 +361,8 @@ def check_before_training(model_name: str, preview: dict, is_tune: bool = False)
             raise ConfigError(f"config '{key}': {model_name}'s trainer is MMSA's, which "
                               f"{ignored}; use it with one of "
                               f"{', '.join(sorted(registry.MODELS))}, or drop {key}")
-    if not is_tune:  # a tuning config holds lists of values; each trial's is checked at build
-        check_numbers(model_name, preview)
-        try:
-            registry.check_model_settings(model_name, preview)
-        except (ValueError, TypeError) as error:  # a text where the model reads a number
-            raise ConfigError(f"{model_name}'s config has a value of the wrong kind ({error}): "
-                              f"fix it in --set or the config file") from None
-        ema_decay(preview)
-        clip_scope(preview)
+    if not is_tune:  # MMSA's tuning config holds lists of values, MMSA's to draw from
+        check_values(model_name, preview)
     check_feature_files(preview)
     if uses_bert(preview):
         resolve_pretrained(preview.get("pretrained", "bert-base-uncased"))

@@ -149,6 +149,17 @@ class Trainer:
                                    custom_feature=self.feature, feature_T=None,
                                    feature_A=None, feature_V=None)
 
+    def check_space(self, space: dict, path) -> None:
+        """Every value the space can give (each choice, a range's ends), checked as a run's
+        config is, before any trial: a bad one is one line, not a trial's traceback."""
+        for name, choices in space.items():
+            for value in ((choices["low"], choices["high"]) if isinstance(choices, dict)
+                          else choices):
+                try:
+                    runs.check_values(self.options.model, self.preview({name: value}))
+                except ConfigError as error:
+                    raise ConfigError(f"--space {path}: {name} = {value!r}: {error}") from None
+
     def __call__(self, trial, values: dict) -> float:
         import torch
 
@@ -339,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mmsa-iidaf-tune-") as scratch:
             options.scratch = scratch
             train = Trainer(options, overrides, options.feature)
+            train.check_space(space, options.space or "configs/config_tune.json")
             study = optuna.create_study(
                 study_name=options.study, storage=storage_for(options.storage),
                 load_if_exists=True, direction=train.direction, sampler=sampler, pruner=pruner)
