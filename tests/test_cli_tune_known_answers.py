@@ -231,16 +231,16 @@ def test_a_repeated_seed_is_one_run_and_a_finished_one_none(tiny_mosi, tmp_path,
 
 # ------------------------------------------------------------------ the local executor
 
-def fake_mmsa_run(diverges: set):
+def fake_mmsa_run(fails: set, error=TrainingDiverged, message="loss is nan"):
     """MMSA_run's seed loop without training: each seed runs the `after` hooks added since
-    (the executor's), or raises TrainingDiverged (as the `tested` hook does) when (model, seed)
-    is in `diverges`."""
+    (the executor's), or raises `error` (TrainingDiverged, as the `tested` hook does) when
+    (model, seed) is in `fails`."""
     plugin_hooks = list(compat.RUN_HOOKS["after"])
 
     def run(model, dataset, *, seeds, config=None, **kwargs):
         for seed in seeds:
-            if (model, seed) in diverges:
-                raise TrainingDiverged(f"seed {seed}: loss is nan")
+            if (model, seed) in fails:
+                raise error(f"seed {seed}: {message}")
             args = {"model_name": model, "seed": seed, **(config or {})}
             for hook in [h for h in compat.RUN_HOOKS["after"] if h not in plugin_hooks]:
                 hook(args, {}, False, None)
@@ -264,6 +264,22 @@ def test_a_diverged_seed_after_another_models_seeds_costs_only_itself(monkeypatc
     assert outcome.failures == ["tfn seed 3: seed 3: loss is nan"]
     # Its hook is gone: a later comparison in this process does not count into this one.
     assert compat.RUN_HOOKS["after"] == hooks
+
+
+def test_a_seed_out_of_memory_costs_only_itself(monkeypatch):
+    """As on Ray, where a failed task costs its run: a model too big for the GPU fails its
+    seeds, and the other models still train and make the table."""
+    import MMSA
+    import torch
+
+    monkeypatch.setattr(MMSA, "MMSA_run", fake_mmsa_run(
+        {("lf_dnn", 1)}, torch.OutOfMemoryError, "CUDA out of memory.\nTried 2.00 GiB"))
+    entries = [compare.Entry(name, name, {}, "", Path("f.pkl"), "") for name in ("lf_dnn", "tfn")]
+    grid = executors.Grid("mosi", None, {}, [], 0, 0, Path("m"), Path("r"), Path("l"))
+    outcome = executors.LocalExecutor().run([(entry, [1, 2]) for entry in entries], grid,
+                                            lambda name, seed: None)
+    assert outcome.finished == [("lf_dnn", 2), ("tfn", 1), ("tfn", 2)]
+    assert outcome.failures == ["lf_dnn seed 1: out of memory (seed 1: CUDA out of memory.)"]
 
 
 def test_a_checkpoint_left_in_storage_is_fetched_once(tmp_path):
