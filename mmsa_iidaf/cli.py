@@ -280,30 +280,33 @@ def main(argv: list[str] | None = None) -> int:
             seeds = _seeds_to_train(options, overrides, feature)
         if not seeds:
             return 0
-        try:
-            MMSA_run(
-                options.model[0], options.dataset,
-                config_file=options.config,
-                config=overrides[options.model[0]],
-                seeds=seeds,
-                is_tune=options.tune,
-                tune_times=options.tune_times,
-                custom_feature=feature,
-                feature_T=options.feature_T,
-                feature_A=options.feature_A,
-                feature_V=options.feature_V,
-                gpu_ids=options.gpu_ids,
-                num_workers=options.num_workers,
-                verbose_level=options.verbose,
-                model_save_dir=options.model_save_dir,
-                res_save_dir=options.res_save_dir,
-                log_dir=options.log_dir,
-            )
-        except KeyboardInterrupt:
-            print(f"interrupted: finished seeds stay in {options.res_save_dir} and the same "
-                  f"command resumes the rest", file=sys.stderr)
-            return 130
+        MMSA_run(
+            options.model[0], options.dataset,
+            config_file=options.config,
+            config=overrides[options.model[0]],
+            seeds=seeds,
+            is_tune=options.tune,
+            tune_times=options.tune_times,
+            custom_feature=feature,
+            feature_T=options.feature_T,
+            feature_A=options.feature_A,
+            feature_V=options.feature_V,
+            gpu_ids=options.gpu_ids,
+            num_workers=options.num_workers,
+            verbose_level=options.verbose,
+            model_save_dir=options.model_save_dir,
+            res_save_dir=options.res_save_dir,
+            log_dir=options.log_dir,
+        )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if options.tune:
+            print(f"interrupted: MMSA's tuning results so far are in "
+                  f"{options.res_save_dir}/tune", file=sys.stderr)
+        else:
+            print(f"interrupted: finished seeds stay in {options.res_save_dir} and the same "
+                  f"command resumes the rest", file=sys.stderr)
+        return 130
     return 0

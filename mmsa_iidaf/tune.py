@@ -48,13 +48,32 @@ def _import_optuna():
 # --- the search space ------------------------------------------------------------------------
 
 def space_from_tune_config(model: str, config_file=None) -> dict:
-    """{name: [values]} from the model's debugParams in the merged tuning config."""
+    """The space of the model's debugParams in the merged tuning config."""
     config = registry.merged_config("tune", config_file)
     debug = config.get(model, {}).get("debugParams")
     if not debug or not debug.get("d_paras"):
         raise ConfigError(f"no search space for '{model}': configs/config_tune.json has no "
                           f"debugParams.d_paras for it; pass --space FILE")
-    return {name: debug[name] for name in debug["d_paras"]}
+    return from_debug_params(debug, "the tuning config's debugParams")
+
+
+def from_debug_params(debug: dict, source: str) -> dict:
+    """MMSA's tuning layout as MMSA's random search reads it: each name of `d_paras` is a list
+    of values, a fixed value (one choice here), or a section whose keys are lists of values,
+    each chosen apart ("NN1Config.drop", nested again by `suggest`)."""
+    missing = [name for name in debug["d_paras"] if name not in debug]
+    if missing:
+        raise ConfigError(f"{source}: d_paras names {', '.join(missing)}, which it does not "
+                          f"list: add their values or drop them from d_paras")
+    space = {}
+    for name in debug["d_paras"]:
+        values = debug[name]
+        if isinstance(values, dict) and not {"low", "high"} <= set(values):
+            for key, choices in values.items():
+                space[f"{name}.{key}"] = choices if isinstance(choices, list) else [choices]
+        else:
+            space[name] = values if isinstance(values, (list, dict)) else [values]
+    return space
 
 
 def read_space(path: Path) -> dict:
@@ -68,11 +87,7 @@ def read_space(path: Path) -> dict:
         raise ConfigError(f"--space {path}: holds a JSON {type(space).__name__}; write an object "
                           f"{{\"name\": [values], ...}}")
     if "d_paras" in space:
-        missing = [name for name in space["d_paras"] if name not in space]
-        if missing:
-            raise ConfigError(f"--space {path}: d_paras names {', '.join(missing)}, which the "
-                              f"file does not list: add their values or drop them from d_paras")
-        space = {name: space[name] for name in space["d_paras"]}
+        space = from_debug_params(space, f"--space {path}")
     for name, values in space.items():
         ranged = isinstance(values, dict) and {"low", "high"} <= set(values)
         if not ranged and not (isinstance(values, list) and values):
@@ -83,6 +98,9 @@ def read_space(path: Path) -> dict:
                            and values["low"] <= values["high"]):
             raise ConfigError(f"--space {path}: '{name}' needs numbers low <= high, got "
                               f"{values['low']!r} and {values['high']!r}")
+        if ranged and values.get("log") and (values["low"] <= 0 or "step" in values):
+            raise ConfigError(f"--space {path}: '{name}' is on a log scale: give low > 0 and "
+                              f"no step")
     return space
 
 
@@ -119,7 +137,19 @@ def suggest(trial, space: dict) -> dict:
             stored = _categorical(choices)
             value = trial.suggest_categorical(name, stored)
             values[name] = value if stored == list(choices) else json.loads(value)
-    return values
+    return nested(values)
+
+
+def nested(values: dict) -> dict:
+    """{"NN1Config.drop": 0.2, "NN1Config.shapes": 64} → {"NN1Config": {"drop": 0.2, ...}}."""
+    config = {}
+    for name, value in values.items():
+        section, _, key = name.partition(".")
+        if key:
+            config.setdefault(section, {})[key] = value
+        else:
+            config[name] = value
+    return config
 
 
 # --- one trial: train, then score on the validation split ------------------------------------
@@ -149,22 +179,32 @@ class Trainer:
                                    custom_feature=self.feature, feature_T=None,
                                    feature_A=None, feature_V=None)
 
-    def check_space(self, space: dict, path) -> None:
-        """Every value the space can give (each choice, a range's ends), checked as a run's
-        config is, before any trial: a bad one is one line, not a trial's traceback."""
+    def check_space(self, space: dict, source: str) -> None:
+        """Every value the space can give (each choice, a range's ends) checked alone for its
+        kind and range before any trial: a bad one is one line, not a trial's traceback.
+        Rules over several keys (IIDAF's d_model and heads) are the trial's (`__call__`)."""
         for name, choices in space.items():
+            if "." in name:  # a value inside a section: the model reads it
+                continue
             for value in ((choices["low"], choices["high"]) if isinstance(choices, dict)
                           else choices):
                 try:
-                    runs.check_values(self.options.model, self.preview({name: value}))
+                    runs.check_numbers(self.options.model, self.preview({name: value}))
                 except ConfigError as error:
-                    raise ConfigError(f"--space {path}: {name} = {value!r}: {error}") from None
+                    raise ConfigError(f"{source}: {error}") from None
 
     def __call__(self, trial, values: dict) -> float:
         import torch
 
         optuna = _import_optuna()
         args = EasyDict(self.preview(values))
+        try:
+            runs.check_values(self.options.model, args)
+        except ConfigError as error:
+            # A combination the model refuses (e.g. d_model not divisible by the heads) costs
+            # this trial only, and nothing trains; Optuna logs the reason in one line.
+            trial.set_user_attr("refused", str(error))
+            raise optuna.TrialPruned(str(error)) from None
         args.update(device=registry.device_for(runs.select_gpus(self.options.gpu_ids)),
                     model_save_path=Path(self.options.scratch) / f"trial{trial.number}.pth",
                     seed=self.options.seed, cur_seed=1)
@@ -350,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mmsa-iidaf-tune-") as scratch:
             options.scratch = scratch
             train = Trainer(options, overrides, options.feature)
-            train.check_space(space, options.space or "configs/config_tune.json")
+            train.check_space(space, f"--space {options.space}" if options.space
+                              else "the tuning config's debugParams")
             study = optuna.create_study(
                 study_name=options.study, storage=storage_for(options.storage),
                 load_if_exists=True, direction=train.direction, sampler=sampler, pruner=pruner)
@@ -384,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished trials stay in {options.storage}; the same command "
+              f"continues the study", file=sys.stderr)
+        return 130
     return 0
 
 

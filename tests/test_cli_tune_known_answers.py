@@ -76,7 +76,7 @@ def test_a_one_model_run_gets_its_seeds_once_in_order_and_its_flags(tiny_mosi, t
 
 def test_tuning_without_seeds_tunes_with_mmsas_default_seeds(tiny_mosi, tmp_path, monkeypatch,
                                                              capsys):
-    """-t with no -s once exited 0 having done nothing: MMSA tunes with its default seeds."""
+    """MMSA's -t without -s tunes with MMSA's default seeds (it must not exit 0 untrained)."""
     calls = []
     monkeypatch.setattr(mmsa_iidaf, "MMSA_run", lambda *args, **kwargs: calls.append(kwargs))
     done = run_cli_in_process(["-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "-t", "-tt", "2",
@@ -85,18 +85,33 @@ def test_tuning_without_seeds_tunes_with_mmsas_default_seeds(tiny_mosi, tmp_path
     assert calls[0]["seeds"] == [1111, 1112, 1113, 1114, 1115]
 
 
-def test_ctrl_c_in_a_one_model_run_is_one_line_and_130(tiny_mosi, tmp_path, monkeypatch,
-                                                       capsys):
-    """Finished seeds are already in the seeds file: say so, with no traceback."""
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
 
-    monkeypatch.setattr(mmsa_iidaf, "MMSA_run", interrupted)
+
+@pytest.mark.parametrize("where", ["training", "hashing the feature file"])
+def test_ctrl_c_in_a_one_model_run_is_one_line_and_130(where, tiny_mosi, tmp_path, monkeypatch,
+                                                       capsys):
+    """Finished seeds are already in the seeds file: say so, with no traceback, whether the
+    run was training or still checking (hashing a multi-GB file takes seconds)."""
+    from mmsa_iidaf import runs
+
+    monkeypatch.setattr(*((mmsa_iidaf, "MMSA_run", interrupted) if where == "training"
+                          else (runs, "file_sha256", interrupted)))
     done = run_cli_in_process(["-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "-s", "1",
                                *folders(tmp_path)], monkeypatch, capsys)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 130 and len(lines) == 1 and "Traceback" not in done.stderr
     assert lines[0].startswith("interrupted: finished seeds stay in")
+
+
+def test_ctrl_c_in_mmsas_tuning_names_its_results(tiny_mosi, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(mmsa_iidaf, "MMSA_run", interrupted)
+    done = run_cli_in_process(["-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "-t",
+                               *folders(tmp_path)], monkeypatch, capsys)
+    assert done.returncode == 130 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"interrupted: MMSA's tuning results so far are in "
+                                   f"{tmp_path / 'results'}/tune")
 
 
 def test_a_rerun_with_every_seed_finished_trains_nothing_and_exits_0(tiny_mosi, tmp_path,
@@ -273,13 +288,14 @@ def test_a_seed_out_of_memory_costs_only_itself(monkeypatch):
     import torch
 
     monkeypatch.setattr(MMSA, "MMSA_run", fake_mmsa_run(
-        {("lf_dnn", 1)}, torch.OutOfMemoryError, "CUDA out of memory.\nTried 2.00 GiB"))
+        {("lf_dnn", 1)}, torch.cuda.OutOfMemoryError, "CUDA out of memory.\nTried 2.00 GiB"))
     entries = [compare.Entry(name, name, {}, "", Path("f.pkl"), "") for name in ("lf_dnn", "tfn")]
     grid = executors.Grid("mosi", None, {}, [], 0, 0, Path("m"), Path("r"), Path("l"))
     outcome = executors.LocalExecutor().run([(entry, [1, 2]) for entry in entries], grid,
                                             lambda name, seed: None)
     assert outcome.finished == [("lf_dnn", 2), ("tfn", 1), ("tfn", 2)]
-    assert outcome.failures == ["lf_dnn seed 1: out of memory (seed 1: CUDA out of memory.)"]
+    assert outcome.failures == [
+        "lf_dnn seed 1: out of GPU memory (seed 1: CUDA out of memory.)"]
 
 
 def test_a_checkpoint_left_in_storage_is_fetched_once(tmp_path):
@@ -355,18 +371,82 @@ def test_a_study_of_the_other_direction_and_zero_trials_are_one_line(tiny_mosi, 
 
 @optuna_needed
 @pytest.mark.parametrize("space, named", [
-    ({"learning_rate": [0.001, "abc"]}, "learning_rate = 'abc'"),     # a text for a number
-    ({"early_stop": {"low": 0, "high": 2}}, "early_stop = 0"),         # a range's low end
+    ({"learning_rate": [0.001, "abc"]}, "'learning_rate' = 'abc'"),      # a text for a number
+    ({"early_stop": {"low": 0, "high": 2}}, "'early_stop' = 0"),         # a range's low end
+    ({"learning_rate": {"low": 0, "high": 0.1, "log": True}}, "log scale"),
 ])
 def test_a_bad_value_in_the_space_is_one_line_before_any_trial(space, named, tiny_mosi,
                                                                tmp_path, monkeypatch, capsys):
-    """Once a trial's traceback from inside the optimizer (exit 1)."""
+    """A value no configuration can take is the user's to fix before anything trains: one
+    line, exit 2, not a trial's traceback from inside the optimizer."""
     from mmsa_iidaf import tune
 
     monkeypatch.setattr(tune.Trainer, "__call__", lambda *a: pytest.fail("a trial ran"))
     assert tune.main(tune_args(tiny_mosi, tmp_path, "--trials", "1", space=space)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--space" in err and named in err
+    assert err.count("\n") == 1 and "--space" in err and named in err, err
+
+
+@optuna_needed
+def test_a_combination_the_model_refuses_costs_its_trial_only(tiny_mosi, tmp_path, capsys):
+    """Each value is valid alone; IIDAF refuses d_model 96 with 5 shared heads (not a
+    divisor): that trial is pruned before training, with its reason, and the study goes on."""
+    import optuna
+
+    from mmsa_iidaf import tune
+
+    space = {"d_model": [96, 100], "shared_heads": [4, 5]}
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    argv = [str(arg) for arg in (
+        "-m", "iidaf", "-d", "mosi", "-f", tiny_mosi, "--space", path, "--storage",
+        f"sqlite:///{tmp_path / 'tune.db'}", "--study", "s", "--best-config",
+        tmp_path / "best.json", "--grid", "--sampler-seed", "0", "--set", "max_epochs=1",
+        "--set", "early_stop=1", "--set", "use_bert=false", "--set", "use_finetune=false")]
+    trained = []
+    real_call = tune.Trainer.__call__
+
+    def spy(self, trial, values):
+        if values["d_model"] % values["shared_heads"]:
+            return real_call(self, trial, values)
+        trained.append(values)
+        return 1.0  # a valid combination: no need to train it here
+
+    tune.Trainer.__call__ = spy
+    try:
+        assert tune.main(argv) == 0
+    finally:
+        tune.Trainer.__call__ = real_call
+    assert "Traceback" not in capsys.readouterr().err
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'tune.db'}")
+    states = {(t.params["d_model"], t.params["shared_heads"]): t.state.name for t in study.trials}
+    assert states == {(96, 4): "COMPLETE", (100, 4): "COMPLETE", (100, 5): "COMPLETE",
+                      (96, 5): "PRUNED"}
+    (refused,) = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert "d_model = 96 must be divisible by shared_heads = 5" in refused.user_attrs["refused"]
+    assert len(trained) == 3
+
+
+@optuna_needed
+def test_mmsas_tuning_layout_with_sections_and_fixed_values(tiny_mosi, tmp_path, monkeypatch):
+    """MMSA's debugParams (MFN's): a fixed value stays fixed, a section's keys are each chosen,
+    and the trial's config gets the section whole."""
+    from mmsa_iidaf import tune
+
+    debug = {"d_paras": ["windowsize", "NN1Config", "learning_rate"], "windowsize": 2,
+             "NN1Config": {"drop": [0.0, 0.5], "shapes": [32]}, "learning_rate": [0.001]}
+    space = tune.from_debug_params(debug, "test")
+    assert space == {"windowsize": [2], "NN1Config.drop": [0.0, 0.5], "NN1Config.shapes": [32],
+                     "learning_rate": [0.001]}
+    seen = []
+    monkeypatch.setattr(tune.Trainer, "__call__", lambda self, trial, values: seen.append(
+        values) or 1.0)
+    argv = tune_args(tiny_mosi, tmp_path, "--trials", "1", space=debug)
+    argv[argv.index("lf_dnn")] = "mfn"
+    assert tune.main(argv) == 0
+    (values,) = seen
+    assert values["windowsize"] == 2 and values["learning_rate"] == 0.001
+    assert set(values["NN1Config"]) == {"drop", "shapes"} and values["NN1Config"]["shapes"] == 32
 
 
 @optuna_needed

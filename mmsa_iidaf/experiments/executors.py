@@ -54,7 +54,7 @@ class Outcome:
 
 class LocalExecutor:
     """Today's behaviour: one `MMSA_run` per entry, here, one seed after another. A seed whose
-    training diverges (TrainingDiverged) or runs out of memory costs that seed only, as a
+    training diverges (TrainingDiverged) or runs out of GPU memory costs that seed only, as a
     failed Ray task does: it is reported in `failures` and the entry's later seeds run in one
     more `MMSA_run`."""
 
@@ -82,13 +82,13 @@ class LocalExecutor:
                             res_save_dir=grid.res_save_dir, log_dir=grid.log_dir,
                             **grid.feature_paths)
                         remaining = []
-                    except (TrainingDiverged, torch.OutOfMemoryError) as failed:
+                    except (TrainingDiverged, torch.cuda.OutOfMemoryError) as failed:
                         # Seeds run in order: the failed one is the first not finished.
                         done = {seed for name, seed in outcome.finished if name == entry.name}
                         seed = next(seed for seed in remaining if seed not in done)
                         reason = str(failed).splitlines()[0] if str(failed) else "failed"
-                        if isinstance(failed, torch.OutOfMemoryError):
-                            reason = f"out of memory ({reason})"
+                        if isinstance(failed, torch.cuda.OutOfMemoryError):
+                            reason = f"out of GPU memory ({reason})"
                         outcome.failures.append(f"{entry.name} seed {seed}: {reason}")
                         remaining = remaining[remaining.index(seed) + 1:]
         finally:
