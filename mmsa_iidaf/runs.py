@@ -390,6 +390,8 @@ def make_mmsa_run(mmsa_run: Callable) -> Callable:
                                  custom_feature=custom_feature, feature_T=feature_T,
                                  feature_A=feature_A, feature_V=feature_V)
         check_before_training(model_name, preview, is_tune)
+        if is_tune:  # MMSA draws the space's values; the ones given here are fixed: checked
+            check_numbers(model_name, {"dataset_name": dataset_name, **config})
         if preview.get("distill_from") and not is_tune:
             for seed in list(seeds) or registry.DEFAULT_SEEDS:
                 check_student_checkpoints({**preview, "model_name": model_name,

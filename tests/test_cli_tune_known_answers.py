@@ -520,3 +520,17 @@ def test_a_trial_reports_and_returns_keyeval_on_the_validation_split(key, tiny_m
     epochs = [score for mode, _, score in scored if mode == "VAL"]
     assert trial.reports == [(score, epoch) for epoch, score in enumerate(epochs, start=1)]
     assert scored[-1][0] == "VALID" and value == scored[-1][2] == trial.attrs[f"valid_{key}"]
+
+
+def test_a_fixed_value_of_mmsas_tuning_is_checked_before_it_starts(tiny_mosi, tmp_path,
+                                                                    monkeypatch, capsys):
+    """-t draws the space's values; one given with --set is fixed, and a text where a count
+    belongs would end in MMSA's trainer with a traceback."""
+    import MMSA.run
+
+    monkeypatch.setattr(MMSA.run, "_run", lambda *a, **k: pytest.fail("a trial ran"))
+    line = one_error_line(run_cli_in_process(
+        ["-m", "lf_dnn", "-d", "mosi", "-f", tiny_mosi, "-t", "--set", "early_stop=\"abc\"",
+         *folders(tmp_path)], monkeypatch, capsys))
+    assert "'early_stop' = 'abc' must be a number" in line
+    assert not (tmp_path / "results").exists()
