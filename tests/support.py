@@ -1,7 +1,9 @@
 """Helpers shared by the test modules (pytest puts this folder on sys.path)."""
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 # Tiny widths: a run-level test is about the plumbing, not the capacity.
@@ -96,3 +98,16 @@ def run_cli_in_process(argv, monkeypatch, capsys, threads: int | None = None):
         close_mmsa_handlers()
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(["run.py", *argv], status, captured.out, captured.err)
+
+
+def import_benchmark(monkeypatch, name: str):
+    """benchmarks/NAME.py imported in this process and registered as NAME until the test ends
+    (dataclasses look their module up there, and scaling.py and eval_path.py import speed.py by
+    that name); TQDM_DISABLE, which speed.py sets when imported, is restored too."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module

@@ -4,31 +4,18 @@ is computed here by hand and nothing depends on the machine's speed."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(monkeypatch, name: str):
-    """benchmarks/NAME.py, registered as NAME until the test ends (scaling and eval_path import
-    speed by that name; dataclasses look their module up there)."""
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
+from support import import_benchmark
 
 
 @pytest.fixture
 def speed(monkeypatch):
-    return _load(monkeypatch, "speed")
+    return import_benchmark(monkeypatch, "speed")
 
 
 def _subject(speed, name, model=None, batch=16, **args):
@@ -160,16 +147,16 @@ def test_markdown_puts_each_ratio_after_its_own_figure(speed):
 
 
 def test_scaling_exponent_is_the_log_log_slope(monkeypatch):
-    _load(monkeypatch, "speed")
-    scaling = _load(monkeypatch, "scaling")
+    import_benchmark(monkeypatch, "speed")
+    scaling = import_benchmark(monkeypatch, "scaling")
     xs = [1.0, 2.0, 4.0, 8.0]
     assert scaling.exponent(xs, [3 * x ** 1.5 for x in xs]) == pytest.approx(1.5)
 
 
 def test_scaling_epoch_is_timed_after_the_build_and_its_peak_after_the_imports(monkeypatch):
     """Clock ticks 0, 1, 2, 3: data loaded at 1, training begins at 2, validation at 3."""
-    speed = _load(monkeypatch, "speed")
-    scaling = _load(monkeypatch, "scaling")
+    speed = import_benchmark(monkeypatch, "speed")
+    scaling = import_benchmark(monkeypatch, "scaling")
     events = []
     ticks = iter([0.0, 1.0, 2.0, 3.0])
     monkeypatch.setattr(scaling.time, "perf_counter", lambda: next(ticks))
@@ -197,8 +184,8 @@ def test_scaling_epoch_is_timed_after_the_build_and_its_peak_after_the_imports(m
 
 
 def test_eval_path_drops_the_warm_up_round_and_puts_the_old_path_first(monkeypatch, capsys):
-    speed = _load(monkeypatch, "speed")
-    eval_path = _load(monkeypatch, "eval_path")
+    speed = import_benchmark(monkeypatch, "speed")
+    eval_path = import_benchmark(monkeypatch, "eval_path")
 
     class Model:
         before = False
@@ -231,7 +218,7 @@ def test_eval_path_drops_the_warm_up_round_and_puts_the_old_path_first(monkeypat
 
 def test_frozen_encoder_cache_reports_seconds_per_epoch_and_the_speed_up(monkeypatch, tmp_path,
                                                                           capsys):
-    cache = _load(monkeypatch, "frozen_encoder_cache")
+    cache = import_benchmark(monkeypatch, "frozen_encoder_cache")
     # epoch_seconds: loading ends at 1.5; 4 epochs from 10 to 18 -> 2 s each.
     ticks = iter([0.0, 1.5, 10.0, 18.0])
     monkeypatch.setattr(cache.time, "perf_counter", lambda: next(ticks))

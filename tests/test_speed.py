@@ -2,14 +2,13 @@
 MISA; a bad model name is one line and status 2. No test asserts a time."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-from support import SMALL_IIDAF
+from support import SMALL_IIDAF, import_benchmark
 
 from mmsa_iidaf.data.synthetic import write_dataset
 
@@ -56,21 +55,9 @@ def test_quick_json_has_every_figure_and_the_ratios_to_misa(tmp_path):
     assert "| `iidaf` |" in done.stdout and "×)" in done.stdout
 
 
-def _import_benchmark(monkeypatch, name: str):
-    """benchmarks/NAME.py imported in this process and registered as NAME until the test ends
-    (dataclasses look their module up there, and eval_path.py imports speed.py by that name);
-    TQDM_DISABLE, which speed.py sets when imported, is restored too."""
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _speed_in_process(monkeypatch, capsys, *arguments: str) -> tuple[int, str]:
     """speed.py's main() in this process (saves a Python start-up): (status, stderr)."""
-    speed = _import_benchmark(monkeypatch, "speed")
+    speed = import_benchmark(monkeypatch, "speed")
     return speed.main(list(arguments)), capsys.readouterr().err
 
 
@@ -107,12 +94,7 @@ def test_scaling_quick_writes_its_table_plot_and_growth(tmp_path):
 
 
 def test_model_specs_take_list_values(monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "speed", speed)  # its dataclasses look their module up
-    spec.loader.exec_module(speed)
+    speed = import_benchmark(monkeypatch, "speed")
     specs = speed.parse_models("iidaf, iidaf[d_model=64;enc_layers=[1,1,1];text_layers=5],misa")
     assert [(name, settings) for _, name, settings in specs] == [
         ("iidaf", {}), ("iidaf", {"d_model": 64, "enc_layers": [1, 1, 1], "text_layers": 5}),
@@ -126,7 +108,7 @@ def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
     latency batches hold 32 clips whatever the configured batch size (MISA's 16 here)."""
     import torch
 
-    speed = _import_benchmark(monkeypatch, "speed")
+    speed = import_benchmark(monkeypatch, "speed")
     feature_file = speed.data_file(tmp_path, "compact")
     small = [(f"iidaf.{key}", value) for key, value in SMALL_IIDAF.items()]
     subjects = [speed.build_subject(model, feature_file, "encoder", torch.device("cpu"),
@@ -141,8 +123,8 @@ def test_every_model_is_timed_on_the_same_clips(monkeypatch, tmp_path):
 
 
 def test_eval_path_benchmark_checks_the_predictions_and_times_both_paths(monkeypatch, capsys):
-    _import_benchmark(monkeypatch, "speed")
-    eval_path = _import_benchmark(monkeypatch, "eval_path")
+    import_benchmark(monkeypatch, "speed")
+    eval_path = import_benchmark(monkeypatch, "eval_path")
     assert eval_path.main(["--models", "iidaf", "--rounds", "1", "--shapes", "compact"]) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `iidaf`")]
     assert len(row) == 1 and row[0].count(" / ") == 2
@@ -153,7 +135,7 @@ def test_throughput_counts_the_samples_of_the_batches_in_the_window(monkeypatch)
     is a counter, so nothing here depends on time."""
     import torch
 
-    speed = _import_benchmark(monkeypatch, "speed")
+    speed = import_benchmark(monkeypatch, "speed")
     ticks = iter(range(1000))
     monkeypatch.setattr(speed, "_now", lambda device: float(next(ticks)))
 
@@ -174,7 +156,7 @@ def test_throughput_counts_the_samples_of_the_batches_in_the_window(monkeypatch)
 def test_memory_pass_reaches_an_optimiser_step_of_accumulating_trainers(monkeypatch, tmp_path):
     """MulT steps its optimiser every `update_epochs` (8) batches: the memory pass trains at
     least that many after its warm-up batch, so the optimiser's state is in the peak."""
-    speed = _import_benchmark(monkeypatch, "speed")
+    speed = import_benchmark(monkeypatch, "speed")
     trained = []
     monkeypatch.setattr(speed, "_reset_peak_rss", lambda: None)
     monkeypatch.setattr(speed.torch, "set_num_threads", lambda threads: None)  # the child's
