@@ -72,9 +72,10 @@ def mae_difference(y_true, y_pred_reference, y_pred_other, *, level: float = 0.9
     of MOSEI's test split. A fixed `seed` makes the interval reproducible."""
     # Positional arrays first: np.clip keeps a pandas Series (and its index labels).
     y_true, y_pred_reference, y_pred_other = (
-        np.asarray(values, dtype=float) if clip is None
-        else np.clip(np.asarray(values, dtype=float), *clip)
-        for values in (y_true, y_pred_reference, y_pred_other))
+        np.asarray(values, dtype=float) for values in (y_true, y_pred_reference, y_pred_other))
+    if clip is not None:
+        y_true, y_pred_reference, y_pred_other = (
+            np.clip(values, *clip) for values in (y_true, y_pred_reference, y_pred_other))
     differences = np.abs(y_pred_other - y_true) - np.abs(y_pred_reference - y_true)
     if len(differences) < 2:
         return float("nan"), float("nan"), float("nan")
