@@ -70,7 +70,12 @@ def fold_data(data: dict, held_out_videos) -> dict:
 
 def read_feature_file(path: Path) -> dict:
     try:
-        with open(path, "rb") as handle:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise UserError(f"{path}: cannot be read ({error.strerror}); give the path of an MMSA "
+                        f"feature pickle") from None
+    try:
+        with handle:
             data = pickle.load(handle)
         for split in SELECTION_SPLITS:
             clips = len(data[split]["id"])
@@ -78,7 +83,8 @@ def read_feature_file(path: Path) -> dict:
                 if hasattr(value, "__len__") and len(value) != clips:
                     raise ValueError(f"'{split}' field '{key}' has {len(value)} rows, "
                                      f"its ids {clips}")
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, KeyError, TypeError,
+            ValueError) as error:
         raise UserError(f"{path}: not an MMSA feature pickle with per-clip train and valid "
                         f"splits and their ids ({type(error).__name__}: {error}); give one such "
                         f"as MMSA's loader reads") from None
