@@ -18,6 +18,7 @@ def data():
 def test_a_clip_id_names_its_video_before_the_last_underscore():
     assert folds.video_of("1DmNV9C1hbY_10") == "1DmNV9C1hbY"
     assert folds.video_of("a_b_3") == "a_b"
+    assert folds.video_of("8412") == "8412"
 
 
 def test_folds_partition_the_videos_in_near_equal_groups_fixed_by_the_seed():

@@ -28,7 +28,8 @@ SELECTION_SPLITS = ("train", "valid")
 
 
 def video_of(clip_id: str) -> str:
-    """MMSA's clip ids are VIDEO_CLIPNO; a video id may itself hold underscores."""
+    """MMSA's clip ids are VIDEO_CLIPNO; a video id may itself hold underscores. An id without
+    one (UR-FUNNY's) is its own group."""
     return str(clip_id).rsplit("_", 1)[0]
 
 
