@@ -60,12 +60,16 @@ def test_written_folds_hold_out_each_video_once_and_pass_the_loader_checks(tmp_p
     source = tmp_path / "mosi.pkl"
     with open(source, "wb") as handle:
         pickle.dump(data, handle)
-    paths = folds.write_folds(source, tmp_path / "folds", folds=3, seed=0)
-    assert [p.name for p in paths] == ["fold0.pkl", "fold1.pkl", "fold2.pkl"]
+    written = folds.write_folds(source, tmp_path / "folds", folds=3, seed=0)
+    assert [w["path"].name for w in written] == ["fold0.pkl", "fold1.pkl", "fold2.pkl"]
     held_out = []
-    for path in paths:
+    for summary in written:
+        path = summary["path"]
         with open(path, "rb") as handle:
             fold = pickle.load(handle)
+        assert (summary["train"], summary["valid"]) == (len(fold["train"]["id"]),
+                                                        len(fold["valid"]["id"]))
+        assert summary["videos"] == len({folds.video_of(c) for c in fold["valid"]["id"]})
         validate_features(fold, path=str(path), use_bert=True)
         held_out += sorted({folds.video_of(c) for c in fold["valid"]["id"]})
         assert fold["test"]["id"] == data["test"]["id"]

@@ -63,8 +63,8 @@ def _select(split: dict, rows: np.ndarray) -> dict:
 def fold_data(data: dict, held_out_videos) -> dict:
     """One fold: `valid` the clips of `held_out_videos`, `train` the other train and valid
     clips (every field both splits have, in the file's order), `test` the file's own."""
-    pooled = _pooled(data)
-    held_out = np.array([video_of(clip) in set(held_out_videos) for clip in pooled["id"]])
+    pooled, held_out_videos = _pooled(data), set(held_out_videos)
+    held_out = np.array([video_of(clip) in held_out_videos for clip in pooled["id"]])
     return {"train": _select(pooled, np.flatnonzero(~held_out)),
             "valid": _select(pooled, np.flatnonzero(held_out)), "test": data["test"]}
 
@@ -92,8 +92,9 @@ def read_feature_file(path: Path) -> dict:
     return data
 
 
-def write_folds(path, out_dir, folds: int = 5, seed: int = 0) -> list[Path]:
-    """Write OUT_DIR/fold{k}.pkl for k < folds; return their paths."""
+def write_folds(path, out_dir, folds: int = 5, seed: int = 0) -> list[dict]:
+    """Write OUT_DIR/fold{k}.pkl for k < folds; return, per fold, its `path` and its `train`
+    and `valid` clip counts and held-out `videos`."""
     data = read_feature_file(Path(path))
     groups = video_folds([video_of(clip) for split in SELECTION_SPLITS
                           for clip in data[split]["id"]], folds, seed)
@@ -105,10 +106,11 @@ def write_folds(path, out_dir, folds: int = 5, seed: int = 0) -> list[Path]:
                         f"writable path") from None
     written = []
     for index, held_out in enumerate(groups):
-        target = out / f"fold{index}.pkl"
+        target, fold = out / f"fold{index}.pkl", fold_data(data, held_out)
         with open(target, "wb") as handle:
-            pickle.dump(fold_data(data, held_out), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        written.append(target)
+            pickle.dump(fold, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        written.append({"path": target, "train": len(fold["train"]["id"]),
+                        "valid": len(fold["valid"]["id"]), "videos": len(held_out)})
     return written
 
 
@@ -127,12 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for target in written:
-        with open(target, "rb") as handle:
-            fold = pickle.load(handle)
-        print(f"{target}: train {len(fold['train']['id'])} clips, valid "
-              f"{len(fold['valid']['id'])} clips of "
-              f"{len({video_of(c) for c in fold['valid']['id']})} videos")
+    for fold in written:
+        print(f"{fold['path']}: train {fold['train']} clips, valid {fold['valid']} clips of "
+              f"{fold['videos']} videos")
     return 0
 
 
